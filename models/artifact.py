@@ -1,0 +1,75 @@
+"""What an exported model carries in its ONNX metadata_props, and the check that refuses an
+artifact this code does not understand. Torch-free: the service reads it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from models.errors import ArtifactError
+
+FORMAT = "nanoinspect-bigan"
+FORMAT_VERSION = 1
+INPUTS = ("image", "alpha", "sigma")
+OUTPUTS = ("score_map", "score", "reconstruction", "d_map")
+
+
+@dataclass(frozen=True)
+class ArtifactMeta:
+    name: str
+    alpha: float  # weight of the discriminator term
+    sigma: float  # Gaussian smoothing of the pixel map, in pixels
+    sigma_max: float  # largest sigma the in-graph kernel represents faithfully
+    pixel_threshold: float  # gamma: Omega = score_map > gamma
+    image_threshold: float  # tau: is_anomalous = score > tau
+    min_area: int  # regions of Omega smaller than this (pixels) are dropped
+    stride: int  # E's downsampling factor; images are reflect-padded to a multiple
+    r_scale: float  # mean |G(E(s)) - s| on held-out normal images (divided out in the graph)
+    d_scale: float  # mean (D~ - 1)^2 on held-out normal images (divided out in the graph)
+    model_config: dict[str, Any]
+    train_config: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)  # how the numbers above were set
+    data_digest: str = ""  # sha256 of the training images
+    code_version: str = ""
+    created: str = ""
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def to_props(self) -> dict[str, str]:
+        return {
+            k: json.dumps(v) if isinstance(v, dict) else str(v) for k, v in asdict(self).items()
+        }
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str) -> ArtifactMeta:
+        if props.get("format") != FORMAT:
+            raise ArtifactError(f"{source}: not a nanoinspect model (metadata 'format' missing)")
+        version = int(props.get("format_version", "0"))
+        if version != FORMAT_VERSION:
+            raise ArtifactError(
+                f"{source}: model format version {version}, this code reads {FORMAT_VERSION}"
+            )
+        missing = [f.name for f in fields(cls) if f.name not in props]
+        if missing:
+            raise ArtifactError(f"{source}: metadata lacks {', '.join(missing)}")
+        values: dict[str, Any] = {}
+        try:
+            for f in fields(cls):
+                raw = props[f.name]
+                kind = str(f.type)
+                values[f.name] = (
+                    json.loads(raw)
+                    if kind.startswith("dict")
+                    else int(raw)
+                    if kind == "int"
+                    else float(raw)
+                    if kind == "float"
+                    else raw
+                )
+        except ValueError as e:
+            raise ArtifactError(f"{source}: unreadable metadata: {e}") from None
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> ArtifactMeta:
+        return replace(self, **changes)

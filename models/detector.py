@@ -1,0 +1,225 @@
+"""The runtime: an exported artifact on onnxruntime, from images to scores, masks and regions.
+
+Torch-free. Same-size images go through in batches; images larger than `tile` on a side are
+scored in overlapping tiles whose cores are stitched, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.artifact import INPUTS, OUTPUTS, ArtifactMeta
+from models.errors import ArtifactError, ImageError, NanoinspectError
+from models.regions import Region, segment
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+GPU_PROVIDERS = {PROVIDERS["tensorrt"], PROVIDERS["cuda"]}
+MIN_SIDE = 8
+
+
+@dataclass(frozen=True)
+class Result:
+    score: float
+    is_anomalous: bool
+    score_map: np.ndarray  # float32 (H, W)
+    mask: np.ndarray  # bool (H, W): Omega
+    regions: list[Region]
+    alpha: float
+    sigma: float
+    image_threshold: float
+    pixel_threshold: float
+    min_area: int
+    tiles: int  # 1 when scored in one pass
+
+    @property
+    def anomalous_area_fraction(self) -> float:
+        return float(self.mask.mean())
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tile_spans(length: int, tile: int, halo: int) -> list[tuple[int, int, int, int]]:
+    """Cover [0, length) with equal tiles overlapping by >= 2*halo.
+
+    Returns (start, stop, core_start, core_stop): each pixel belongs to exactly one core,
+    which lies at least `halo` away from its tile's inner edges."""
+    if length <= tile:
+        return [(0, length, 0, length)]
+    n = math.ceil((length - 2 * halo) / (tile - 2 * halo))
+    starts = [round(i * (length - tile) / (n - 1)) for i in range(n)]
+    bounds = [0] + [(starts[i + 1] + starts[i] + tile) // 2 for i in range(n - 1)] + [length]
+    return [(s, s + tile, bounds[i], bounds[i + 1]) for i, s in enumerate(starts)]
+
+
+class Detector:
+    """An ONNX artifact loaded for inference.
+
+    providers: names from PROVIDERS in order of preference; the default tries CUDA, then
+    CPU (TensorRT only when asked). require_gpu makes a CPU fallback an error.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        providers: Sequence[str] = ("cuda", "cpu"),
+        require_gpu: bool = False,
+        threads: int | None = None,
+        batch_size: int = 8,
+        tile: int = 1536,
+        halo: int = 64,
+    ):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ArtifactError(f"{self.path}: model file not found")
+        unknown = [p for p in providers if p not in PROVIDERS]
+        if unknown:
+            raise ArtifactError(f"unknown providers {unknown}; choose from {list(PROVIDERS)}")
+        available = set(ort.get_available_providers())
+        wanted = [PROVIDERS[p] for p in providers if PROVIDERS[p] in available]
+        if not wanted:
+            raise ArtifactError(f"none of the providers {list(providers)} is available here")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=wanted)
+        except Exception as e:  # onnxruntime raises its own untyped errors
+            raise ArtifactError(f"{self.path}: not a loadable ONNX model ({e})") from None
+        self.meta = ArtifactMeta.from_props(
+            self.session.get_modelmeta().custom_metadata_map, str(self.path)
+        )
+        names_in = tuple(i.name for i in self.session.get_inputs())
+        names_out = tuple(o.name for o in self.session.get_outputs())
+        if names_in != INPUTS or names_out != OUTPUTS:
+            raise ArtifactError(
+                f"{self.path}: graph has inputs {names_in} and outputs {names_out}, "
+                f"expected {INPUTS} and {OUTPUTS}"
+            )
+        self.provider = self.session.get_providers()[0]
+        if self.provider not in GPU_PROVIDERS:
+            if require_gpu:
+                raise ArtifactError(
+                    f"a GPU is required but onnxruntime runs {self.provider} "
+                    f"(available: {sorted(available)})"
+                )
+            if any(PROVIDERS[p] in GPU_PROVIDERS for p in providers):
+                log.warning("no usable GPU: scoring runs on %s", self.provider)
+        self.sha256 = file_sha256(self.path)
+        self.batch_size = batch_size
+        self.tile = tile - tile % self.meta.stride
+        self.halo = halo
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    def run(self, batch: np.ndarray, alpha: float, sigma: float) -> dict[str, np.ndarray]:
+        """The raw graph: batch (N, 1, H, W) float32 in [0, 1] -> OUTPUTS by name."""
+        feeds = {
+            "image": np.ascontiguousarray(batch, dtype=np.float32),
+            "alpha": np.asarray(alpha, dtype=np.float32),
+            "sigma": np.asarray(sigma, dtype=np.float32),
+        }
+        return dict(zip(OUTPUTS, self.session.run(list(OUTPUTS), feeds), strict=True))
+
+    def warm_up(self, size: tuple[int, int] = (256, 256)) -> None:
+        self.run(np.zeros((1, 1, size[1], size[0]), np.float32), self.meta.alpha, self.meta.sigma)
+
+    def score(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        alpha: float | None = None,
+        sigma: float | None = None,
+        pixel_threshold: float | None = None,
+        image_threshold: float | None = None,
+        min_area: int | None = None,
+    ) -> list[Result]:
+        """Score grey images (H, W) float32 in [0, 1]; settings default to the artifact's."""
+        m = self.meta
+        alpha = m.alpha if alpha is None else float(alpha)
+        sigma = m.sigma if sigma is None else float(sigma)
+        if not 0.0 <= alpha <= 1.0:
+            raise NanoinspectError(f"alpha must lie in [0, 1], not {alpha}")
+        if not 0.0 <= sigma <= m.sigma_max:
+            raise NanoinspectError(f"sigma must lie in [0, {m.sigma_max}], not {sigma}")
+        gamma = m.pixel_threshold if pixel_threshold is None else float(pixel_threshold)
+        tau = m.image_threshold if image_threshold is None else float(image_threshold)
+        area = m.min_area if min_area is None else int(min_area)
+        for img in images:
+            if img.ndim != 2 or min(img.shape) < MIN_SIDE:
+                raise ImageError(
+                    f"images must be 2-D and at least {MIN_SIDE} px a side, got {img.shape}"
+                )
+
+        maps: list[tuple[np.ndarray, float, int] | None] = [None] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(images):
+            if max(img.shape) > self.tile:
+                maps[i] = self._tiled(img, alpha, sigma)
+            else:
+                groups.setdefault(img.shape, []).append(i)
+        for idx in groups.values():
+            for k in range(0, len(idx), self.batch_size):
+                chunk = idx[k : k + self.batch_size]
+                out = self.run(np.stack([images[i] for i in chunk])[:, None], alpha, sigma)
+                for j, i in enumerate(chunk):
+                    maps[i] = (out["score_map"][j, 0], float(out["score"][j]), 1)
+
+        results = []
+        for entry in maps:
+            assert entry is not None
+            smap, score, tiles = entry
+            mask, regions = segment(smap, gamma, area)
+            results.append(
+                Result(
+                    score, score > tau, smap, mask, regions, alpha, sigma, tau, gamma, area, tiles
+                )
+            )
+        return results
+
+    def _tiled(
+        self, image: np.ndarray, alpha: float, sigma: float
+    ) -> tuple[np.ndarray, float, int]:
+        """Score one large image tile by tile; the image score comes from the stitched terms."""
+        smap = np.empty(image.shape, np.float32)
+        d_sum = r2_sum = 0.0
+        spans = [
+            (ys, xs)
+            for ys in tile_spans(image.shape[0], self.tile, self.halo)
+            for xs in tile_spans(image.shape[1], self.tile, self.halo)
+        ]
+        for (y0, y1, cy0, cy1), (x0, x1, cx0, cx1) in spans:
+            tile = image[y0:y1, x0:x1]
+            out = self.run(tile[None, None], alpha, sigma)
+            core = (slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0))
+            smap[cy0:cy1, cx0:cx1] = out["score_map"][0, 0][core]
+            r = np.abs(out["reconstruction"][0, 0][core] - tile[core]) / self.meta.r_scale
+            d_sum += float(out["d_map"][0, 0][core].sum(dtype=np.float64))
+            r2_sum += float(np.square(r, dtype=np.float64).sum())
+        n = image.size
+        return smap, alpha * d_sum / n + (1 - alpha) * math.sqrt(r2_sum / n), len(spans)

@@ -1,0 +1,193 @@
+"""`nanoinspect`: one command, one subcommand per job. Each imports only what it needs, so
+the serving side runs without torch. User mistakes end as one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from models.errors import NanoinspectError
+
+app = typer.Typer(
+    help="Find defects in SEM images of nanofibre mats.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def one_line_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except NanoinspectError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"expected WIDTHxHEIGHT, e.g. 256x256, not {text!r}") from None
+    return w, h
+
+
+@app.command()
+@one_line_errors
+def synth(
+    out: Path,
+    n_train: int = 200,
+    n_test_good: int = 20,
+    n_test_per_defect: int = 10,
+    size: Annotated[str, typer.Option(help="WIDTHxHEIGHT")] = "256x256",
+    seed: int = 0,
+    banner: Annotated[bool, typer.Option(help="draw an SEM info banner at the bottom")] = False,
+    sheet: Annotated[bool, typer.Option(help="also write OUT/contact_sheet.png")] = True,
+):
+    """Draw a synthetic SEM nanofibre data set with defects (MVTec AD layout)."""
+    from training.synth import contact_sheet, write_dataset
+
+    counts = write_dataset(
+        out,
+        n_train=n_train,
+        n_test_good=n_test_good,
+        n_test_per_defect=n_test_per_defect,
+        size=_size(size),
+        seed=seed,
+        banner=banner,
+    )
+    if sheet:
+        contact_sheet(out, out / "contact_sheet.png")
+    typer.echo(f"wrote {out}: {json.dumps(counts)}")
+
+
+@app.command()
+@one_line_errors
+def train(
+    data: Path,
+    out: Annotated[Path, typer.Option("--out", help="run directory")],
+    config: Annotated[
+        Path | None, typer.Option(help="TOML or JSON with [model] and [train]")
+    ] = None,
+    max_steps: int | None = None,
+    max_minutes: float | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    resume: bool = False,
+):
+    """Fit the BiGAN on normal images (runs under torchrun for several processes)."""
+    from dataclasses import replace
+
+    from training.config import load_config
+    from training.train import train as fit
+
+    model_cfg, cfg = load_config(config)
+    if max_steps is not None:
+        cfg = replace(cfg, max_steps=max_steps)
+    path = fit(
+        data, out, model_cfg, cfg, seed=seed, device=device, max_minutes=max_minutes, resume=resume
+    )
+    typer.echo(f"checkpoint {path}")
+
+
+@app.command()
+@one_line_errors
+def export(
+    run: Path,
+    out: Annotated[Path, typer.Option("--out", help="the .onnx file to write")],
+    calibrate: Annotated[Path | None, typer.Option(help="data to calibrate on")] = None,
+    name: str | None = None,
+    alpha: Annotated[
+        float | None, typer.Option(help="fix alpha (default: chosen on labelled data, else 0.5)")
+    ] = None,
+):
+    """Export a run to one ONNX file: parity-checked against torch, then calibrated."""
+    from training.export import export as run_export
+
+    meta, parity = run_export(run, out, data=calibrate, name=name, alpha=alpha)
+    typer.echo(f"wrote {out}: parity max |ort - torch| = {parity:.2e}")
+    typer.echo(
+        json.dumps(
+            {
+                k: getattr(meta, k)
+                for k in (
+                    "alpha",
+                    "sigma",
+                    "pixel_threshold",
+                    "image_threshold",
+                    "r_scale",
+                    "d_scale",
+                )
+            }
+        )
+    )
+
+
+@app.command()
+@one_line_errors
+def calibrate(
+    model: Path,
+    data: Path,
+    alpha: float | None = None,
+    sigma: float | None = None,
+    min_area: int | None = None,
+    pixel_fpr: float = 0.005,
+    image_fpr: float = 0.05,
+):
+    """Recalibrate a model in place: scales and thresholds from DATA (labelled defects: best F1)."""
+    from training.calibrate import calibrate as run_calibrate
+    from training.export import calibration_set
+
+    normals, labelled = calibration_set(data, 0.0, None)
+    meta = run_calibrate(
+        model,
+        normals,
+        labelled,
+        alpha=alpha,
+        sigma=sigma,
+        min_area=min_area,
+        pixel_fpr=pixel_fpr,
+        image_fpr=image_fpr,
+    )
+    typer.echo(
+        json.dumps(
+            meta.calibration
+            | {
+                "alpha": meta.alpha,
+                "pixel_threshold": meta.pixel_threshold,
+                "image_threshold": meta.image_threshold,
+            }
+        )
+    )
+
+
+@app.command()
+@one_line_errors
+def evaluate(
+    model: Path,
+    data: Path,
+    out: Annotated[Path, typer.Option("--out", help="report directory")],
+    save_maps: Annotated[
+        Path | None, typer.Option(help="write DIR/<type>/<name>.npy score maps")
+    ] = None,
+    alpha: float | None = None,
+):
+    """Metrics (image/pixel AUROC, AUPRO, F1, IoU) and an HTML report on a labelled test set."""
+    from training.evaluate import evaluate as run_evaluate
+
+    result = run_evaluate(model, data, out, save_maps=save_maps, alpha=alpha)
+    keys = ("image_auroc", "image_auroc_max", "pixel_auroc", "aupro", "pixel_f1", "pixel_iou")
+    typer.echo(json.dumps({k: round(result[k], 4) for k in keys if k in result}))
+    typer.echo(f"report {out / 'report.html'}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Offline side: synthetic data, loading, fitting, calibration, export, evaluation."""

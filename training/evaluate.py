@@ -1,0 +1,86 @@
+"""Evaluation of an artifact on a labelled test set: metrics.json, curves and overlays in an
+HTML report, optional per-image score maps. Runs the Detector, i.e. exactly what serves."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from models.detector import Detector
+from models.images import load_image
+from training import metrics
+from training.data import find_dataset, load_mask
+
+log = logging.getLogger(__name__)
+
+
+def _summary(kind_masks, kind_maps, kind_scores, kind_maxima, kind_labels, kind_pred) -> dict:
+    labels = np.array(kind_labels)
+    out = {
+        "images": len(kind_labels),
+        "image_auroc": metrics.auroc(labels, np.array(kind_scores)),
+        "image_auroc_max": metrics.auroc(labels, np.array(kind_maxima)),
+    }
+    if kind_masks is not None:
+        f1, iou = metrics.f1_iou(kind_pred, kind_masks)
+        out |= {
+            "pixel_auroc": metrics.pixel_auroc(kind_masks, kind_maps),
+            "aupro": metrics.aupro(kind_masks, kind_maps),
+            "pixel_f1": f1,
+            "pixel_iou": iou,
+        }
+    return out
+
+
+def evaluate(
+    model: Path, data: Path, out: Path, *, save_maps: Path | None = None, alpha: float | None = None
+) -> dict:
+    """Score every test image of DATA; write OUT/metrics.json and OUT/report.html."""
+    from training.report import write_report
+
+    det = Detector(model, providers=("cpu",))
+    layout = find_dataset(data)
+    if not layout.test:
+        from models.errors import DataError
+
+        raise DataError(f"{data}: no test images (expected the MVTec AD layout with test/)")
+    has_masks = layout.has_masks
+    if not has_masks:
+        log.warning("%s: no ground-truth masks, image metrics only", data)
+    crop = det.meta.train_config.get("crop_bottom", 0.0)
+    rows = []
+    for s in layout.test:
+        img = load_image(s.path, crop_bottom=crop).pixels
+        res = det.score([img], alpha=alpha)[0]
+        mask = load_mask(s.mask_path, img.shape, crop) if has_masks else None
+        rows.append((s, img, res, mask))
+        if save_maps is not None:
+            target = save_maps / s.kind / f"{s.path.stem}.npy"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            np.save(target, res.score_map.astype(np.float32))
+
+    def summary(selected):
+        return _summary(
+            [m for _, _, _, m in selected] if has_masks else None,
+            [r.score_map for _, _, r, _ in selected],
+            [r.score for _, _, r, _ in selected],
+            [float(r.score_map.max()) for _, _, r, _ in selected],
+            [s.kind != "good" for s, _, _, _ in selected],
+            [r.mask for _, _, r, _ in selected],
+        )
+
+    kinds = sorted({s.kind for s, *_ in rows} - {"good"})
+    good = [row for row in rows if row[0].kind == "good"]
+    result = {
+        "model": {"name": det.name, "sha256": det.sha256, "alpha": rows[0][2].alpha},
+        "data": str(data),
+        **summary(rows),
+        "per_type": {k: summary(good + [row for row in rows if row[0].kind == k]) for k in kinds},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_report(out, result, rows)
+    return result

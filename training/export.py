@@ -1,0 +1,158 @@
+"""Checkpoint -> one self-contained ONNX file: the scoring graph of models.scoring with
+dynamic N, H, W, metadata that says everything needed to use it, a parity check against
+torch on real images at two sizes, calibration, and onnx's full checker."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from models.artifact import INPUTS, OUTPUTS, ArtifactMeta
+from models.config import ModelConfig
+from models.detector import Detector
+from models.errors import NanoinspectError
+from models.networks import BiGAN
+from models.scoring import SIGMA_MAX, AnomalyScorer
+from training.calibrate import Labelled, calibrate, write_artifact
+from training.data import find_dataset, load_images, load_mask
+from training.train import latest_checkpoint
+
+PARITY_SIZES = ((256, 256), (1024, 704))  # (width, height)
+PARITY_RTOL, PARITY_ATOL = 1e-3, 1e-4  # onnxruntime vs torch, on every output
+DEFAULT_ALPHA, DEFAULT_SIGMA, DEFAULT_MIN_AREA = 0.5, 2.0, 16
+
+
+class ParityError(NanoinspectError):
+    code = "parity"
+
+
+def load_checkpoint(run: Path) -> dict:
+    path = run if run.is_file() else latest_checkpoint(run)
+    if path is None or not path.is_file():
+        raise NanoinspectError(f"{run}: no checkpoint (expected RUN_DIR/checkpoints/step_*.pt)")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def calibration_set(
+    data: Path, crop_bottom: float, holdout: list[str] | None
+) -> tuple[list[np.ndarray], list[Labelled]]:
+    """Normal images (only the run's held-out ones when data is its training set) and the
+    labelled test images, if the layout has them."""
+    layout = find_dataset(data)
+    normals = layout.train
+    if holdout is not None:
+        keep = set(holdout)
+        normals = [s for s in normals if str(s.path.relative_to(layout.root)) in keep]
+    labelled = [
+        Labelled(img, load_mask(s.mask_path, img.shape, crop_bottom), s.kind)
+        for s, img in zip(layout.test, load_images(layout.test, crop_bottom), strict=True)
+    ]
+    return load_images(normals, crop_bottom), labelled
+
+
+def _fit(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A real image brought to (height, width) by reflection and cropping."""
+    reps = (-(-height // image.shape[0]), -(-width // image.shape[1]))
+    tiled = np.concatenate([np.concatenate([image, image[::-1]])] * reps[0])
+    tiled = np.concatenate([np.concatenate([tiled, tiled[:, ::-1]], 1)] * reps[1], 1)
+    return np.ascontiguousarray(tiled[:height, :width])
+
+
+def check_parity(scorer: AnomalyScorer, path: Path, images: list[np.ndarray]) -> float:
+    """Largest |onnxruntime - torch| over all outputs; raises above the stated tolerance."""
+    det = Detector(path, providers=("cpu",))
+    worst = 0.0
+    for width, height in PARITY_SIZES:
+        batch = np.stack([_fit(img, width, height) for img in images[:2]])[:, None]
+        ort_out = det.run(batch, 0.5, DEFAULT_SIGMA)
+        with torch.no_grad():
+            ref = scorer(torch.from_numpy(batch), torch.tensor(0.5), torch.tensor(DEFAULT_SIGMA))
+        for name, t in zip(OUTPUTS, ref, strict=True):
+            a, b = ort_out[name], t.numpy()
+            worst = max(worst, float(np.abs(a - b).max()))
+            if not np.allclose(a, b, rtol=PARITY_RTOL, atol=PARITY_ATOL):
+                raise ParityError(
+                    f"export parity failed on {name} at {width}x{height}: max |ort - torch| = "
+                    f"{np.abs(a - b).max():.3g} (tolerance rtol {PARITY_RTOL}, atol {PARITY_ATOL})"
+                )
+    return worst
+
+
+def export(
+    run: Path,
+    out: Path,
+    *,
+    data: Path | None = None,
+    name: str | None = None,
+    alpha: float | None = None,
+    sigma: float = DEFAULT_SIGMA,
+    min_area: int = DEFAULT_MIN_AREA,
+) -> tuple[ArtifactMeta, float]:
+    """Export, check parity and calibrate; returns the metadata and the parity error seen."""
+    ckpt = load_checkpoint(run)
+    cfg = ModelConfig.from_dict(ckpt["model_config"])
+    bigan = BiGAN(cfg)
+    bigan.load_state_dict(ckpt["model"])
+    scorer = AnomalyScorer(bigan).eval()
+    info = ckpt["meta"]
+    crop = info["train"]["crop_bottom"]
+    if data is None:
+        if not Path(info["data"]).is_dir():
+            raise NanoinspectError(f"training data {info['data']} is gone: pass --calibrate DATA")
+        normals, labelled = calibration_set(Path(info["data"]), crop, info["holdout"])
+        labelled = []  # the training set's test images may be the evaluation set
+    else:
+        same = data.resolve() == Path(info["data"])
+        normals, labelled = calibration_set(data, crop, info["holdout"] if same else None)
+    if not normals:
+        raise NanoinspectError("no held-out normal images to calibrate on")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".export.tmp")
+    example = (torch.rand(2, 1, 64, 96), torch.tensor(0.5), torch.tensor(sigma))
+    dims = {2: torch.export.Dim("H", min=8, max=65536), 3: torch.export.Dim("W", min=8, max=65536)}
+    program = torch.onnx.export(
+        # optimize=False: the optimizer would fold away the division by the 1.0 placeholder
+        # scales, leaving calibration nothing to set; onnxruntime optimises at load anyway
+        scorer,
+        example,
+        dynamo=True,
+        external_data=False,
+        optimize=False,
+        input_names=list(INPUTS),
+        output_names=list(OUTPUTS),
+        dynamic_shapes=({0: torch.export.Dim("N", min=1, max=4096), **dims}, None, None),
+    )
+    program.save(str(tmp))
+    meta = ArtifactMeta(
+        name=name or out.stem,
+        alpha=DEFAULT_ALPHA if alpha is None else alpha,
+        sigma=sigma,
+        sigma_max=SIGMA_MAX,
+        pixel_threshold=float("inf"),
+        image_threshold=float("inf"),
+        min_area=min_area,
+        stride=cfg.stride,
+        r_scale=1.0,
+        d_scale=1.0,
+        model_config=cfg.to_dict(),
+        train_config={**info["train"], "seed": info["seed"], "steps": ckpt["step"]},
+        data_digest=info["data_digest"],
+        code_version=version("nanoinspect"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    try:
+        write_artifact(onnx.load(tmp), meta, tmp)
+        parity = check_parity(scorer, tmp, [*normals, *(s.image for s in labelled)])
+        meta = calibrate(tmp, normals, labelled, alpha=alpha)
+        onnx.checker.check_model(onnx.load(tmp), full_check=True)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return meta, parity

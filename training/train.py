@@ -1,0 +1,238 @@
+"""The training loop: LSGAN BiGAN with a reconstruction penalty, on random normal patches.
+
+Every random draw is a function of (seed, step, rank), so `--resume` continues exactly and
+each torchrun rank samples its own patches. Only rank 0 writes checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from models.config import ModelConfig
+from models.errors import NanoinspectError
+from models.networks import BiGAN
+from models.scoring import AnomalyScorer
+from training.config import TrainConfig, config_dict
+from training.data import PatchSampler, Sample, find_dataset, load_images, split_holdout
+from training.losses import discriminator_loss, encoder_generator_loss
+
+CHECKPOINTS = "checkpoints"
+
+
+class TrainingDiverged(NanoinspectError):
+    code = "diverged"
+
+
+class EncoderGenerator(nn.Module):
+    """E and G as one module so DistributedDataParallel sees one forward per backward."""
+
+    def __init__(self, bigan: BiGAN):
+        super().__init__()
+        self.encoder, self.generator = bigan.encoder, bigan.generator
+
+    def forward(self, x: torch.Tensor, z_prior: torch.Tensor):
+        z = self.encoder(x)
+        return z, self.generator(z), self.generator(z_prior)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise NanoinspectError("--device cuda: no CUDA device is visible to torch")
+    if name not in ("cpu", "cuda"):
+        raise NanoinspectError(f"--device must be auto, cpu or cuda, not {name!r}")
+    return torch.device(name)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = sorted((run_dir / CHECKPOINTS).glob("step_*.pt"))
+    return found[-1] if found else None
+
+
+def data_digest(samples: list[Sample], root: Path) -> str:
+    """sha256 over the training images' relative paths and bytes: names the data a model saw."""
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(str(s.path.relative_to(root)).encode())
+        h.update(hashlib.sha256(s.path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _save(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # never a half-written checkpoint under its final name
+
+
+def _image_grid(scorer: AnomalyScorer, image: torch.Tensor) -> torch.Tensor:
+    """Input | reconstruction | score map (rescaled), side by side, (1, H, 3W) for TensorBoard."""
+    with torch.no_grad():
+        score_map, _, recon, _ = scorer(image, torch.tensor(0.0), torch.tensor(2.0))
+    smap = score_map / score_map.amax().clamp(min=1e-8)
+    return torch.cat([image, recon, smap], dim=-1)[0].cpu()
+
+
+def train(
+    data: Path,
+    out: Path,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    max_minutes: float | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Fit the BiGAN; return the last checkpoint's path."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    dev = pick_device(device)
+    if distributed:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        if dev.type == "cuda":
+            dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(dev)
+    rank = dist.get_rank() if distributed else 0
+    main = rank == 0
+
+    last = latest_checkpoint(out)
+    if last is not None and not resume:
+        raise NanoinspectError(f"{out} already holds a run: pass --resume or choose another --out")
+    if resume and last is None:
+        raise NanoinspectError(f"--resume: no checkpoint in {out / CHECKPOINTS}")
+    state = torch.load(last, map_location="cpu", weights_only=False) if last else None
+    if state is not None:  # a resumed run keeps the settings it started with
+        model_cfg = ModelConfig.from_dict(state["model_config"])
+        cfg = TrainConfig(**{**state["train_config"], "max_steps": cfg.max_steps})
+        seed = state["seed"]
+
+    layout = find_dataset(data)
+    fit, holdout = split_holdout(layout.train, cfg.holdout_fraction, seed)
+    images = load_images(fit, cfg.crop_bottom)
+    sampler = PatchSampler(images, cfg.patch_size, seed, names=[str(s.path) for s in fit])
+
+    torch.manual_seed(seed)
+    bigan = BiGAN(model_cfg).to(dev)
+    opt_d = torch.optim.Adam(bigan.discriminator.parameters(), cfg.lr, (cfg.beta1, cfg.beta2))
+    eg_params = [*bigan.encoder.parameters(), *bigan.generator.parameters()]
+    opt_eg = torch.optim.Adam(eg_params, cfg.lr, (cfg.beta1, cfg.beta2))
+    start = 0
+    if state is not None:
+        bigan.load_state_dict(state["model"])
+        opt_d.load_state_dict(state["opt_d"])
+        opt_eg.load_state_dict(state["opt_eg"])
+        start = state["step"]
+    eg, disc = EncoderGenerator(bigan), bigan.discriminator
+    if distributed:
+        ids = [dev.index] if dev.type == "cuda" else None
+        eg, disc = DDP(eg, device_ids=ids), DDP(disc, device_ids=ids)
+
+    meta = {
+        **config_dict(model_cfg, cfg),
+        "seed": seed,
+        "data": str(data.resolve()),
+        "data_digest": data_digest(fit, layout.root),
+        "holdout": [str(s.path.relative_to(layout.root)) for s in holdout],
+        "world_size": dist.get_world_size() if distributed else 1,
+    }
+    writer = None
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"))
+    preview = torch.from_numpy(images[0][None, None]).to(dev)
+    scorer = AnomalyScorer(bigan).eval()
+
+    def checkpoint(step: int) -> Path:
+        path = out / CHECKPOINTS / f"step_{step:07d}.pt"
+        if main:
+            _save(
+                {
+                    "model": bigan.state_dict(),
+                    "opt_d": opt_d.state_dict(),
+                    "opt_eg": opt_eg.state_dict(),
+                    "step": step,
+                    "seed": seed,
+                    "model_config": asdict(model_cfg),
+                    "train_config": asdict(cfg),
+                    "meta": meta,
+                },
+                path,
+            )
+        return path
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    latent = cfg.patch_size // model_cfg.stride
+    began = time.monotonic()
+    bar = tqdm(
+        range(start, cfg.max_steps),
+        initial=start,
+        total=cfg.max_steps,
+        disable=not (progress and main),
+        desc="train",
+        unit="step",
+    )
+    done, path = start, last
+    for step in bar:
+        x = sampler.batch(step, cfg.batch_size, rank=rank).to(dev)  # (B, 1, P, P)
+        g = torch.Generator().manual_seed(
+            int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+        )
+        z_prior = torch.randn(
+            cfg.batch_size, model_cfg.latent_channels, latent, latent, generator=g
+        ).to(dev)
+        with autocast:
+            z, recon, fake = eg(x, z_prior)
+            d_out = disc(torch.cat([x, fake.detach()]), torch.cat([z.detach(), z_prior]))
+            loss_d = discriminator_loss(*d_out.float().chunk(2))
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        with autocast:
+            d_out = disc(torch.cat([x, fake]), torch.cat([z, z_prior]))
+            d_real, d_fake = d_out.float().chunk(2)
+            loss_eg, rec = encoder_generator_loss(d_real, d_fake, recon.float(), x, cfg.lambda_rec)
+        opt_eg.zero_grad(set_to_none=True)
+        loss_eg.backward()
+        opt_eg.step()
+
+        losses = {"loss_d": loss_d.item(), "loss_eg": loss_eg.item(), "rec": rec.item()}
+        if not all(math.isfinite(v) for v in losses.values()):
+            kept = f"; last good checkpoint {path}" if path else ""
+            raise TrainingDiverged(f"training diverged at step {step}: {losses}{kept}")
+        bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
+        done = step + 1
+        if writer and done % cfg.log_every == 0:
+            for k, v in losses.items():
+                writer.add_scalar(f"train/{k}", v, done)
+        if writer and done % cfg.image_every == 0:
+            writer.add_image("preview/input|recon|score", _image_grid(scorer, preview), done)
+        if done % cfg.checkpoint_every == 0:
+            path = checkpoint(done)
+        if max_minutes is not None and time.monotonic() - began > 60 * max_minutes:
+            break
+    if path is None or path.name != f"step_{done:07d}.pt":
+        path = checkpoint(done)
+    if writer:
+        writer.close()
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return path
