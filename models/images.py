@@ -1,0 +1,248 @@
+"""Decode image bytes into grey float32 pixels in [0, 1].
+
+Shared by training (trusted files) and the HTTP service (hostile uploads), so every failure
+is an `ImageError` with a one-line message and a specific code, and nothing is decoded
+before the declared size has been checked. Torch-free: numpy and Pillow only.
+
+Codes: empty, unsupported_type, corrupt, too_large, bad_size, bad_image (NaN/inf values),
+unreadable (load_image only). Pillow's global limits are read, never changed:
+Image.MAX_IMAGE_PIXELS (89 Mpx by default) caps max_pixels, so an image Pillow would warn
+about is rejected; PngImagePlugin caps each zTXt/iTXt/iCCP chunk at 1 MB decompressed and
+all text at 64 MB, less than the pixels themselves may take.
+
+Values: 8-bit / 255, 16-bit (and 32-bit integers within 0..65535) / 65535, float kept when
+already in [0, 1]; other float or integer data is min-max scaled, with a note saying so.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from models.errors import ImageError, NanoinspectError
+
+SUPPORTED_FORMATS = ("PNG", "TIFF", "JPEG", "BMP", "GIF", "WEBP")
+MIN_SIDE = 8
+MAX_ASPECT = 64
+MAX_COUNTED_PAGES = 1000
+
+_MAGIC = (  # (prefix, offset, format, supported)
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG", True),
+    (b"\xff\xd8\xff", 0, "JPEG", True),
+    (b"II*\x00", 0, "TIFF", True),
+    (b"MM\x00*", 0, "TIFF", True),
+    (b"II+\x00", 0, "BigTIFF", False),
+    (b"MM\x00+", 0, "BigTIFF", False),
+    (b"BM", 0, "BMP", True),
+    (b"GIF87a", 0, "GIF", True),
+    (b"GIF89a", 0, "GIF", True),
+    (b"WEBP", 8, "WEBP", True),
+    (b"%PDF", 0, "PDF", False),
+    (b"%!PS", 0, "PostScript", False),
+    (b"\xc5\xd0\xd3\xc6", 0, "EPS", False),
+    (b"8BPS", 0, "PSD", False),
+    (b"PK\x03\x04", 0, "ZIP", False),
+    (b"\x1f\x8b", 0, "gzip", False),
+    (b"\x00\x00\x00\x0cjP  ", 0, "JPEG 2000", False),
+    (b"\xffO\xffQ", 0, "JPEG 2000", False),
+    (b"ftyp", 4, "HEIF/AVIF/MP4", False),
+)
+_EIGHT_BIT_MODES = {"1", "L", "P", "PA", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX"}
+_VIA_RGB_MODES = {"CMYK", "YCbCr", "LAB", "HSV"}
+_UINT16_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+# numpy versions of PIL's EXIF transposes (orientation tag 0x0112, values 2..8)
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1, :],
+    5: lambda a: a.T,
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].T,
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Decoded:
+    pixels: np.ndarray  # float32 (H, W) in [0, 1], C-contiguous
+    format: str  # one of SUPPORTED_FORMATS
+    bit_depth: int  # 8 or 16, 32 for float or 32-bit integer data
+    frames: int  # pages/frames in the file; the first is used
+    notes: tuple[str, ...]  # human-readable remarks on what was done
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int = 64_000_000,
+    crop_bottom: float | int = 0,
+    name: str = "image",
+) -> Decoded:
+    """Decode the first frame of `data`; crop_bottom removes the SEM info banner
+    (int: pixels, float in [0, 1): fraction of the height)."""
+    if not data:
+        raise ImageError(f"{name}: the file is empty", code="empty")
+    fmt = _sniff(data, name)
+    limit = (
+        max_pixels if Image.MAX_IMAGE_PIXELS is None else min(max_pixels, Image.MAX_IMAGE_PIXELS)
+    )
+    notes: list[str] = []
+    try:
+        im = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+        _check_shape(im.size, name, limit)  # before any pixel data is decoded
+        frames, more = _count_frames(im)
+        if frames > 1:
+            im.seek(0)
+            pages = "pages" if fmt == "TIFF" else "frames"
+            count = f"at least {frames}" if more else str(frames)
+            notes.append(f"multi-{pages[:-1]} {fmt}: first of {count} {pages} used")
+        im.load()
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{name}: too large to decode safely ({e})", code="too_large") from None
+    except Exception as e:  # hostile bytes reach Pillow's parsers: any failure is corruption
+        if isinstance(e, ValueError) and "MAX_TEXT" in str(e):
+            raise ImageError(
+                f"{name}: PNG text metadata too large ({e})", code="too_large"
+            ) from None
+        detail = f"{type(e).__name__}: {e}"
+        if isinstance(e, UnidentifiedImageError):
+            detail = "header not understood: corrupt, or a variant Pillow cannot read"
+        raise ImageError(f"{name}: corrupt or truncated {fmt} ({detail})", code="corrupt") from None
+    grey, depth = _to_grey(im, name, notes)
+    orientation = _orientation(im, notes)
+    if orientation in _ORIENT:
+        grey = _ORIENT[orientation](grey)
+        notes.append(f"EXIF orientation {orientation} applied")
+    grey = _crop(grey, crop_bottom, name)
+    _check_shape((grey.shape[1], grey.shape[0]), name, limit)
+    pixels = np.ascontiguousarray(grey, dtype=np.float32)
+    return Decoded(pixels, fmt, depth, int(frames), tuple(notes))
+
+
+def load_image(
+    path: str | Path, *, max_pixels: int = 256_000_000, crop_bottom: float | int = 0
+) -> Decoded:
+    """Read a file and decode it; the file name is in every error message."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read ({e.strerror or e})", code="unreadable") from None
+    return decode_image(data, max_pixels=max_pixels, crop_bottom=crop_bottom, name=str(path))
+
+
+def _sniff(data: bytes, name: str) -> str:
+    """Name the format from its magic bytes, so unsupported files get a precise message."""
+    for magic, offset, fmt, supported in _MAGIC:
+        if data[offset : offset + len(magic)] == magic:
+            if supported:
+                return fmt
+            raise ImageError(f"{name}: {fmt} is not supported", code="unsupported_type")
+    head = data[:2048].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    for tag, fmt in ((b"<svg", "SVG"), (b"<!doctype html", "HTML"), (b"<html", "HTML")):
+        if tag in head:
+            raise ImageError(f"{name}: {fmt} is not supported", code="unsupported_type")
+    if head.startswith(b"<?xml"):
+        raise ImageError(f"{name}: XML is not supported", code="unsupported_type")
+    allowed = ", ".join(SUPPORTED_FORMATS)
+    raise ImageError(f"{name}: not a supported image (expected {allowed})", code="unsupported_type")
+
+
+def _count_frames(im: Image.Image) -> tuple[int, bool]:
+    """(frames, more may follow). PNG and WebP declare their count and Pillow counts GIF
+    frames without decoding them, but TIFF pages are walked IFD by IFD (~0.2 ms each), so a
+    hostile file of a million tiny pages is only counted up to MAX_COUNTED_PAGES."""
+    if im.format != "TIFF":
+        return getattr(im, "n_frames", 1), False
+    for n in range(1, MAX_COUNTED_PAGES):
+        try:
+            im.seek(n)
+        except EOFError:
+            return n, False
+    return MAX_COUNTED_PAGES, True
+
+
+def _orientation(im: Image.Image, notes: list[str]) -> int | None:
+    """The EXIF orientation tag; unreadable EXIF is ignored rather than failing the image."""
+    try:
+        value = im.getexif().get(0x0112)
+    except Exception as e:
+        notes.append(f"EXIF unreadable, orientation ignored ({type(e).__name__})")
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _check_shape(size: tuple[int, int], name: str, limit: int) -> None:
+    """Reject tiny, huge and absurdly elongated images from the declared size alone."""
+    w, h = size
+    if w < MIN_SIDE or h < MIN_SIDE:
+        raise ImageError(
+            f"{name}: {w}x{h} pixels is too small (minimum {MIN_SIDE} per side)", code="bad_size"
+        )
+    if w * h > limit:
+        raise ImageError(
+            f"{name}: {w}x{h} = {w * h:,} pixels exceeds the limit of {limit:,}", code="too_large"
+        )
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise ImageError(
+            f"{name}: {w}x{h} pixels has an aspect ratio above {MAX_ASPECT}", code="bad_size"
+        )
+
+
+def _to_grey(im: Image.Image, name: str, notes: list[str]) -> tuple[np.ndarray, int]:
+    """Grey float in [0, 1] and the source bit depth; 16-bit data keeps its precision."""
+    mode = im.mode
+    if mode in _EIGHT_BIT_MODES or mode in _VIA_RGB_MODES:
+        if mode in _VIA_RGB_MODES:
+            im = im.convert("RGB")
+        if mode not in ("1", "L"):
+            kind = "palette" if mode.startswith("P") else "colour"
+            kind = "grey+alpha" if mode in ("LA", "La") else kind
+            notes.append(f"{kind} ({mode}) converted to grey")
+        grey = np.array(im.convert("L"), dtype=np.float32)
+        grey /= 255.0
+        return grey, 8
+    if mode in _UINT16_MODES:
+        grey = np.array(im, dtype=np.float32)
+        grey /= 65535.0
+        return grey, 16
+    if mode in ("I", "F"):
+        a = np.asarray(im)
+        if mode == "F" and not np.isfinite(a).all():
+            raise ImageError(f"{name}: float image contains NaN or infinite values")
+        lo, hi = float(a.min()), float(a.max())
+        if mode == "I" and lo >= 0 and hi <= 65535:
+            return a.astype(np.float32) / np.float32(65535.0), 16
+        if mode == "F" and lo >= 0 and hi <= 1:
+            return a.astype(np.float32), 32
+        notes.append(f"values in [{lo:g}, {hi:g}] min-max scaled to [0, 1]")
+        span = hi - lo
+        scaled = (a.astype(np.float64) - lo) / span if span > 0 else np.zeros(a.shape)
+        return scaled.astype(np.float32), 32
+    raise ImageError(f"{name}: pixel mode {mode} is not supported", code="unsupported_type")
+
+
+def _crop(grey: np.ndarray, crop_bottom: float | int, name: str) -> np.ndarray:
+    """Remove the bottom banner; the rest must still be a usable image."""
+    h = grey.shape[0]
+    if isinstance(crop_bottom, bool) or not isinstance(crop_bottom, (int, float, np.number)):
+        raise NanoinspectError(f"crop_bottom must be a number, not {crop_bottom!r}")
+    if isinstance(crop_bottom, (int, np.integer)):
+        if crop_bottom < 0:
+            raise NanoinspectError(f"crop_bottom must be >= 0 pixels, not {crop_bottom}")
+        rows = int(crop_bottom)
+    else:
+        if not 0.0 <= crop_bottom < 1.0:
+            raise NanoinspectError(f"a fractional crop_bottom must be in [0, 1), not {crop_bottom}")
+        rows = round(h * float(crop_bottom))
+    if h - rows < MIN_SIDE:
+        raise ImageError(
+            f"{name}: cropping {rows} of {h} rows leaves fewer than {MIN_SIDE}", code="bad_size"
+        )
+    return grey[: h - rows]

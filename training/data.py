@@ -1,0 +1,202 @@
+"""Find training and test images on disk and sample training patches from them.
+
+Two layouts: MVTec AD (root/train/good, root/test/<type>/, root/ground_truth/<type>/
+<name>_mask.png) and a plain folder (searched recursively) of normal images. Patches come
+from `PatchSampler.batch(step, batch_size, rank)`, a pure function of (seed, step, rank), so
+a resumed or distributed run draws exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.errors import DataError, ImageError
+from models.images import load_image
+
+IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    kind: str  # "good" or a defect type
+    mask_path: Path | None  # None for good images
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+    train: list[Sample]  # normal images (MVTec: train/good; plain folder: every image)
+    test: list[Sample]  # MVTec test images, good and defective; empty for a plain folder
+
+    @property
+    def has_masks(self) -> bool:
+        return any(s.mask_path is not None for s in self.test)
+
+
+def find_dataset(root: str | Path) -> Layout:
+    """Detect the layout under `root` and list its images in a deterministic order."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"dataset folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"dataset path {root} is not a folder")
+    if (root / "train" / "good").is_dir():
+        return _mvtec(root)
+    for part in ("test", "ground_truth"):
+        if (root / part).is_dir():
+            raise DataError(
+                f"{root} has {part}/ but no train/good/: not a complete MVTec AD layout"
+            )
+    categories = sorted(p.parent.parent.name for p in root.glob("*/train/good") if p.is_dir())
+    if categories:
+        raise DataError(
+            f"{root} holds several MVTec AD categories ({', '.join(categories)}): pass one of them"
+        )
+    train = [Sample(p, "good", None) for p in _images(root, recursive=True)]
+    if not train:
+        exts = " ".join(IMAGE_EXTENSIONS)
+        raise DataError(
+            f"no images found in {root}: looked for the MVTec AD layout (train/good, "
+            f"test/<type>, ground_truth/<type>) and for {exts} files in any subfolder"
+        )
+    return Layout(root, train, [])
+
+
+def split_holdout(
+    samples: Sequence[Sample], fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Split into (fit, held_out). Membership depends on the seed and each file's parent
+    folder and name only, so it survives moving the dataset; input order is kept."""
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(f"held-out fraction must be in [0, 1), not {fraction}")
+    n = len(samples)
+    n_held = 0 if fraction == 0 or n < 2 else min(n - 1, max(1, round(n * fraction)))
+
+    def key(s: Sample) -> tuple[str, str]:
+        tail = "/".join(s.path.parts[-2:])
+        return hashlib.sha256(f"{seed}:{tail}".encode()).hexdigest(), str(s.path)
+
+    held = set(sorted(range(n), key=lambda i: key(samples[i]))[:n_held])
+    fit = [s for i, s in enumerate(samples) if i not in held]
+    return fit, [s for i, s in enumerate(samples) if i in held]
+
+
+def load_images(samples: Sequence[Sample], crop_bottom: float | int = 0) -> list[np.ndarray]:
+    """Decode every sample to float32 (H, W) in [0, 1]; a bad file is a DataError naming it."""
+    return [_load(s.path, crop_bottom) for s in samples]
+
+
+def load_mask(
+    path: Path | None, shape: tuple[int, int], crop_bottom: float | int = 0
+) -> np.ndarray:
+    """Ground-truth mask as bool (H, W); all False for a good image (path None)."""
+    if path is None:
+        return np.zeros(shape, dtype=bool)
+    mask = _load(path, crop_bottom)
+    if mask.shape != tuple(shape):
+        raise DataError(
+            f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {shape[1]}x{shape[0]}"
+        )
+    return mask > 0  # any non-zero value marks a defect: masks stored as 0/1 or 0/255
+
+
+class PatchSampler:
+    """Random training patches with the 8 flips/rotations of the square (fibre mats are
+    isotropic). Patch positions are uniform over all positions of all images."""
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        patch_size: int,
+        seed: int,
+        names: Sequence[str] | None = None,
+    ):
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be positive, not {patch_size}")
+        if not images:
+            raise DataError("no training images to sample patches from")
+        names = names if names is not None else [f"image {i}" for i in range(len(images))]
+        self.images = [np.ascontiguousarray(im, dtype=np.float32) for im in images]
+        self.patch_size = patch_size
+        self.seed = seed
+        for im, name in zip(self.images, names, strict=True):
+            if im.ndim != 2:
+                raise ValueError(f"{name}: expected a (H, W) array, got shape {im.shape}")
+            h, w = im.shape
+            if h < patch_size or w < patch_size:
+                raise DataError(
+                    f"{name} is {w}x{h}, smaller than the {patch_size}x{patch_size} training patch"
+                )
+        self._spans = np.array([[im.shape[0], im.shape[1]] for im in self.images]) - patch_size + 1
+        positions = self._spans.prod(axis=1).astype(np.float64)
+        self._weights = positions / positions.sum()
+
+    def batch(self, step: int, batch_size: int, rank: int = 0) -> torch.Tensor:
+        """The batch (B, 1, P, P) float32 for this step and rank; same inputs, same batch."""
+        if step < 0 or rank < 0 or batch_size < 1:
+            raise ValueError(
+                f"need step, rank >= 0 and batch_size >= 1: {step}, {rank}, {batch_size}"
+            )
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, step, rank])))
+        which = rng.choice(len(self.images), size=batch_size, p=self._weights)
+        spans = self._spans[which]
+        ys = (rng.random(batch_size) * spans[:, 0]).astype(np.int64)
+        xs = (rng.random(batch_size) * spans[:, 1]).astype(np.int64)
+        transforms = rng.integers(0, 8, size=batch_size)
+        p = self.patch_size
+        out = np.empty((batch_size, 1, p, p), dtype=np.float32)
+        for i, (k, y, x, t) in enumerate(zip(which, ys, xs, transforms, strict=True)):
+            patch = self.images[k][y : y + p, x : x + p]
+            if t >= 4:
+                patch = patch[:, ::-1]
+            out[i, 0] = np.rot90(patch, t % 4)
+        return torch.from_numpy(out)
+
+
+def _images(folder: Path, recursive: bool) -> list[Path]:
+    """Image files by extension (any case), hidden files and folders skipped, sorted."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        p
+        for p in found
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def _mvtec(root: Path) -> Layout:
+    train = [Sample(p, "good", None) for p in _images(root / "train" / "good", recursive=False)]
+    if not train:
+        raise DataError(f"no images in {root / 'train' / 'good'}")
+    test: list[Sample] = []
+    test_dir = root / "test"
+    kinds = sorted(d for d in test_dir.iterdir() if d.is_dir()) if test_dir.is_dir() else []
+    for kind_dir in kinds:
+        kind = kind_dir.name
+        masks = {}
+        if (root / "ground_truth" / kind).is_dir():
+            masks = {p.name.lower(): p for p in _images(root / "ground_truth" / kind, False)}
+        for path in _images(kind_dir, recursive=False):
+            mask = None
+            if kind != "good":
+                mask = masks.get(f"{path.stem}_mask.png".lower())
+                if mask is None:
+                    expected = Path("ground_truth", kind, f"{path.stem}_mask.png")
+                    raise DataError(f"mask missing for {path}: expected {root / expected}")
+            test.append(Sample(path, kind, mask))
+    return Layout(root, train, test)
+
+
+def _load(path: Path, crop_bottom: float | int) -> np.ndarray:
+    try:
+        return load_image(path, crop_bottom=crop_bottom).pixels
+    except ImageError as e:  # its message starts with the path
+        raise DataError(f"unreadable image {e}") from None
