@@ -189,5 +189,71 @@ def evaluate(
     typer.echo(f"report {out / 'report.html'}")
 
 
+@app.command()
+@one_line_errors
+def serve(
+    model: Annotated[
+        Path | None,
+        typer.Argument(
+            help="ONNX artifact (default: $NANOINSPECT_MODEL, else models/default.onnx)"
+        ),
+    ] = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="processes, each with its own model")] = 1,
+    providers: Annotated[
+        str | None, typer.Option(help="e.g. cuda,cpu or tensorrt,cuda,cpu")
+    ] = None,
+    require_gpu: Annotated[
+        bool | None, typer.Option("--require-gpu/--allow-cpu", help="refuse a CPU fallback")
+    ] = None,
+    fail_on_bad_model: Annotated[
+        bool | None, typer.Option(help="exit if the model cannot be loaded (else /readyz is 503)")
+    ] = None,
+    log_format: Annotated[str | None, typer.Option(help="json or text")] = None,
+):
+    """Serve the REST API, metrics and web page; every setting also reads NANOINSPECT_*
+    (API keys only from NANOINSPECT_API_KEYS, so they never show in a process list)."""
+    import os
+    import tempfile
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from service.observability import configure_logging
+    from service.settings import Settings
+
+    given = {
+        "model": model,
+        "providers": providers,
+        "require_gpu": require_gpu,
+        "fail_on_bad_model": fail_on_bad_model,
+        "log_format": log_format,
+    }
+    for key, value in given.items():  # workers build their Settings from the environment
+        if value is not None:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            os.environ[f"NANOINSPECT_{key.upper()}"] = text
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise NanoinspectError(f"setting {first['loc'][0]}: {first['msg']}") from None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="nanoinspect-metrics-")
+    configure_logging(settings.log_format, settings.log_level)
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
 if __name__ == "__main__":
     app()

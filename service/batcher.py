@@ -1,0 +1,166 @@
+"""Micro-batching: requests wait in a bounded queue; one collector task groups jobs that can
+share an inference call (same image size and scoring settings) up to `batch_size` or
+`batch_wait`, and runs `Detector.score` in ONE dedicated thread, so the event loop never
+runs inference and the model never runs twice at once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class Overloaded(Exception):
+    """The queue is full: the caller should answer 503 with Retry-After."""
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before its image was scored."""
+
+
+@dataclass(eq=False)
+class Job:
+    image: np.ndarray  # float32 (H, W) in [0, 1]
+    params: dict[str, Any]  # keyword arguments of Detector.score, all resolved
+    deadline: float  # loop time
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+    started: float = 0.0  # when its batch began inference
+    inference_s: float = 0.0  # the batch's inference time
+    batch_size: int = 0
+
+    @property
+    def key(self) -> Hashable:
+        return (self.image.shape, tuple(sorted(self.params.items())))
+
+
+class Batcher:
+    """score(images, **params) -> results, run in batches; observe(size, seconds) is told of
+    every batch and depth(n) of every queue change (for metrics)."""
+
+    def __init__(
+        self,
+        score: Callable[..., list],
+        *,
+        batch_size: int,
+        batch_wait_s: float,
+        queue_size: int,
+        observe: Callable[[int, float], None] = lambda n, s: None,
+        depth: Callable[[int], None] = lambda n: None,
+    ):
+        self._score, self._observe, self._depth = score, observe, depth
+        self.batch_size, self.batch_wait_s, self.queue_size = batch_size, batch_wait_s, queue_size
+        self._queue: asyncio.Queue[Job] = asyncio.Queue()
+        self._held: deque[Job] = deque()  # taken from the queue but not in this batch's group
+        self._waiting = 0  # jobs submitted and not yet running: what queue_size bounds
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="nanoinspect-infer")
+        self._task: asyncio.Task | None = None
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    def has_room(self, n: int = 1) -> bool:
+        return self._waiting + n <= self.queue_size
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for job in [*self._held, *_drain(self._queue)]:
+            if not job.future.done():
+                job.future.set_exception(Overloaded("the server is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    def submit(self, image: np.ndarray, params: dict[str, Any], deadline: float) -> Job:
+        """Queue one image; raises Overloaded when queue_size images already wait."""
+        if not self.has_room():
+            raise Overloaded(f"{self._waiting} images already wait (queue_size {self.queue_size})")
+        loop = asyncio.get_running_loop()
+        job = Job(image, params, deadline, loop.create_future())
+        self._queue.put_nowait(job)
+        self._set_waiting(+1)
+        return job
+
+    def _set_waiting(self, delta: int) -> None:
+        self._waiting += delta
+        self._depth(self._waiting)
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._collect()
+            try:
+                await self._infer(batch)
+            except Exception:  # never let one bad batch stop the service
+                log.exception("batch of %d failed", len(batch))
+
+    async def _collect(self) -> list[Job]:
+        """Wait for a first job, then gather jobs with its key until full or batch_wait."""
+        first = self._held.popleft() if self._held else await self._queue.get()
+        batch = [first]
+        for job in list(self._held):
+            if len(batch) < self.batch_size and job.key == first.key:
+                self._held.remove(job)
+                batch.append(job)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.batch_wait_s
+        while len(batch) < self.batch_size and (left := until - loop.time()) > 0:
+            try:
+                job = await asyncio.wait_for(self._queue.get(), left)
+            except TimeoutError:
+                break
+            (batch if job.key == first.key else self._held).append(job)
+        return batch
+
+    async def _infer(self, batch: list[Job]) -> None:
+        self._set_waiting(-len(batch))
+        now = asyncio.get_running_loop().time()
+        live = []
+        for job in batch:
+            if job.future.done():  # the caller gave up (deadline, disconnect)
+                continue
+            if now > job.deadline:
+                job.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                continue
+            live.append(job)
+        if not live:
+            return
+        started = time.perf_counter()
+        images = [job.image for job in live]
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(
+                self._executor, lambda: self._score(images, **live[0].params)
+            )
+        except Exception as e:
+            for job in live:
+                if not job.future.done():
+                    job.future.set_exception(e)
+            return
+        seconds = time.perf_counter() - started
+        self._observe(len(live), seconds)
+        for job, result in zip(live, results, strict=True):
+            job.started, job.inference_s, job.batch_size = started, seconds, len(live)
+            if not job.future.done():
+                job.future.set_result(result)
+
+
+def _drain(queue: asyncio.Queue[Job]) -> list[Job]:
+    jobs = []
+    while not queue.empty():
+        jobs.append(queue.get_nowait())
+    return jobs

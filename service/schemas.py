@@ -1,0 +1,149 @@
+"""Request parameters and response bodies as pydantic models, so /docs documents them and
+FastAPI validates bounds before any work is done."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Threshold = Field(None, ge=0, le=1e6, allow_inf_nan=False)
+
+
+class ScoreParams(BaseModel):
+    """Scoring overrides; None keeps the value calibrated into the model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alpha: float | None = Field(None, ge=0, le=1, description="weight of the discriminator term")
+    sigma: float | None = Field(None, ge=0, le=64, description="smoothing (px), <= sigma_max")
+    pixel_threshold: float | None = Threshold
+    image_threshold: float | None = Threshold
+    min_area: int | None = Field(None, ge=0, le=10**9, description="smallest region (px)")
+    crop_bottom: int = Field(0, ge=0, le=100_000, description="rows of SEM banner to drop")
+
+    def overrides(self) -> dict[str, Any]:
+        keys = ("alpha", "sigma", "pixel_threshold", "image_threshold", "min_area")
+        return {k: getattr(self, k) for k in keys}
+
+
+class ScoreQuery(ScoreParams):
+    mask_format: Literal["png", "rle", "none"] = Field("png", description="how to send Omega")
+    heatmap: bool = Field(False, description="include a colour heatmap PNG of the score map")
+    max_regions: int = Field(100, ge=0, le=100_000, description="largest regions listed")
+
+
+class OverlayQuery(ScoreParams):
+    heatmap: bool = True
+    contours: bool = Field(True, description="outline Omega in red")
+    boxes: bool = Field(True, description="box each region in cyan")
+    opacity: float = Field(0.45, ge=0, le=1, description="heatmap opacity")
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class RegionOut(BaseModel):
+    bbox: tuple[int, int, int, int] = Field(description="x, y, width, height in pixels")
+    area: int
+    peak_score: float
+    mean_score: float
+
+
+class RLE(BaseModel):
+    """COCO uncompressed RLE, column-major: counts alternate runs of 0 and 1, zeros first."""
+
+    size: tuple[int, int] = Field(description="[height, width]")
+    counts: list[int]
+
+
+class MaskOut(BaseModel):
+    format: Literal["png", "rle"]
+    data: str | RLE = Field(description="base64 1-bit PNG, or COCO RLE")
+
+
+class PngOut(BaseModel):
+    format: Literal["png"] = "png"
+    data: str = Field(description="base64 PNG")
+
+
+class Timings(BaseModel):
+    """Milliseconds: decoding, waiting for a batch, the batch's inference, encoding."""
+
+    decode: float
+    queue: float
+    inference: float
+    post: float
+    batch_size: int = Field(description="images scored in the same inference call")
+
+
+class ModelIdentity(BaseModel):
+    name: str
+    version: str = Field(description="export time of the artifact (ISO 8601)")
+    sha256: str
+    provider: str
+
+
+class ScoreOut(BaseModel):
+    filename: str | None
+    score: float
+    is_anomalous: bool
+    image_threshold: float
+    pixel_threshold: float
+    alpha: float
+    sigma: float
+    min_area: int
+    width: int
+    height: int
+    format: str = Field(description="detected file format")
+    bit_depth: int
+    anomalous_area_fraction: float
+    regions_total: int
+    regions: list[RegionOut] = Field(description="by peak score, descending")
+    mask: MaskOut | None
+    heatmap: PngOut | None
+    notes: list[str] = Field(description="what decoding did, e.g. first page of a TIFF used")
+    timings: Timings
+    model: ModelIdentity
+
+
+class BatchItem(BaseModel):
+    filename: str | None
+    result: ScoreOut | None = None
+    error: ErrorDetail | None = None
+
+
+class BatchOut(BaseModel):
+    count: int
+    failed: int
+    items: list[BatchItem]
+
+
+class ModelOut(ModelIdentity):
+    code_version: str
+    format_version: int
+    alpha: float
+    sigma: float
+    sigma_max: float
+    pixel_threshold: float
+    image_threshold: float
+    min_area: int
+    stride: int
+    calibration: dict[str, Any]
+    limits: dict[str, int | float] = Field(description="upload and batching limits")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "loading", "failed"]
+    detail: str = ""
+    model: ModelIdentity | None = None

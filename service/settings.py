@@ -1,0 +1,55 @@
+"""Every serving knob in one object, read from `NANOINSPECT_*` environment variables (or a
+`.env` file), so the CLI, containers and tests configure the service the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+import models
+
+DEFAULT_MODEL = Path(models.__file__).parent / "default.onnx"
+CommaList = Annotated[list[str], NoDecode]  # "a,b,c" in the environment, not JSON
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="NANOINSPECT_", env_file=".env", extra="ignore", protected_namespaces=()
+    )
+
+    model: Path = Field(DEFAULT_MODEL, description="the ONNX artifact to serve")
+    providers: CommaList = Field(["cuda", "cpu"], description="onnxruntime providers, in order")
+    require_gpu: bool = Field(False, description="refuse to serve on the CPU")
+    threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads")
+    tile: int = Field(1536, ge=64, description="images larger than this on a side are tiled")
+    fail_on_bad_model: bool = Field(
+        False, description="exit at startup if the model cannot be loaded (else /readyz is 503)"
+    )
+
+    max_upload_bytes: int = Field(64 << 20, ge=1024, description="largest request body")
+    max_pixels: int = Field(50_000_000, ge=64, description="largest decoded image")
+    max_batch_files: int = Field(32, ge=1, description="files per /v1/score/batch request")
+    decode_threads: int = Field(2, ge=1, description="images decoded at once")
+
+    batch_size: int = Field(8, ge=1, description="images per inference call")
+    batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill")
+    queue_size: int = Field(64, ge=1, description="images waiting beyond this get 503")
+    request_timeout_s: float = Field(60.0, gt=0, description="deadline per request")
+
+    api_keys: CommaList = Field([], repr=False, description="accepted keys; empty: no auth")
+    open_paths: CommaList = Field(
+        ["/healthz", "/readyz", "/metrics"], description="paths that need no key"
+    )
+    cors_origins: CommaList = Field([], description="origins allowed by CORS; '*' for any")
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "info"
+
+    @field_validator("providers", "api_keys", "open_paths", "cors_origins", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
