@@ -215,8 +215,8 @@ def train(
 
         losses = {"loss_d": loss_d.item(), "loss_eg": loss_eg.item(), "rec": rec.item()}
         if not all(math.isfinite(v) for v in losses.values()):
-            kept = f"; last good checkpoint {path}" if path else ""
-            raise TrainingDiverged(f"training diverged at step {step}: {losses}{kept}")
+            kept = f"last good checkpoint {path}" if path else "no checkpoint written yet"
+            raise TrainingDiverged(f"training diverged at step {step}: {losses}; {kept}")
         bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
         done = step + 1
         if writer and done % cfg.log_every == 0:

@@ -1,0 +1,161 @@
+"""The exported artifact: checker, metadata, parity, calibration, the torch-free Detector
+and its refusals, tiling, and the evaluation report."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from models.artifact import FORMAT_VERSION, INPUTS, OUTPUTS
+from models.detector import Detector, tile_spans
+from models.errors import ArtifactError
+from training.synth import draw_sample
+
+
+def test_artifact_is_one_checked_file_with_full_metadata(tiny_model):
+    model = onnx.load(tiny_model)
+    onnx.checker.check_model(model, full_check=True)
+    assert not list(tiny_model.parent.glob("*.data")), "weights live inside the one file"
+    props = {p.key: p.value for p in model.metadata_props}
+    for key in (
+        "format_version",
+        "alpha",
+        "sigma",
+        "pixel_threshold",
+        "image_threshold",
+        "min_area",
+        "stride",
+        "r_scale",
+        "d_scale",
+        "model_config",
+        "train_config",
+        "data_digest",
+        "code_version",
+        "created",
+        "calibration",
+    ):
+        assert props.get(key), key
+    assert int(props["format_version"]) == FORMAT_VERSION
+    assert [i.name for i in model.graph.input] == list(INPUTS)
+    assert [o.name for o in model.graph.output] == list(OUTPUTS)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert all(d.dim_param for d in (dims[0], dims[2], dims[3])), "N, H, W are dynamic"
+
+
+def test_calibration_makes_normal_terms_average_one(tiny_model, synth_data):
+    from training.data import find_dataset, load_images
+
+    det = Detector(tiny_model, providers=("cpu",))
+    assert det.meta.calibration["method"] == "best_f1"  # synth_data has labelled defects
+    normals = load_images(find_dataset(synth_data).train)
+    d_means, r_means = [], []
+    for img in normals:
+        out = det.run(img[None, None], 1.0, det.meta.sigma)
+        d_means.append(out["d_map"].mean())
+        r_means.append(np.abs(out["reconstruction"][0, 0] - img).mean() / det.meta.r_scale)
+    # scales come from the held-out part; over all normal images the means stay near 1
+    assert 0.5 < np.mean(d_means) < 2.0 and 0.5 < np.mean(r_means) < 2.0
+
+
+def test_detector_scores_odd_sizes_and_batches_consistently(tiny_model):
+    det = Detector(tiny_model, providers=("cpu",))
+    rng = np.random.default_rng(0)
+    images = [draw_sample(rng, w, h, None)[0] for w, h in ((97, 61), (97, 61), (40, 130))]
+    together = det.score(images)
+    alone = [det.score([img])[0] for img in images]
+    for a, b, img in zip(together, alone, images, strict=True):
+        assert a.score_map.shape == img.shape and a.mask.shape == img.shape
+        assert abs(a.score - b.score) < 1e-5
+        np.testing.assert_allclose(a.score_map, b.score_map, atol=1e-5)
+
+
+def test_score_threshold_and_regions_follow_the_settings(tiny_model):
+    det = Detector(tiny_model, providers=("cpu",))
+    image, _ = draw_sample(np.random.default_rng(1), 96, 96, "clump")
+    low = det.score([image], pixel_threshold=-1.0, image_threshold=-1.0, min_area=1)[0]
+    assert low.mask.all() and low.is_anomalous and len(low.regions) == 1
+    assert low.regions[0].bbox == (0, 0, 96, 96) and low.regions[0].area == 96 * 96
+    high = det.score([image], pixel_threshold=1e9, image_threshold=1e9)[0]
+    assert not high.mask.any() and not high.is_anomalous and high.regions == []
+    with pytest.raises(Exception, match="alpha"):
+        det.score([image], alpha=1.5)
+
+
+def test_tile_spans_cover_each_pixel_once():
+    for length in (100, 1536, 1537, 4096, 5000):
+        spans = tile_spans(length, 1536, 64)
+        cores = np.zeros(length, int)
+        for start, stop, c0, c1 in spans:
+            assert stop - start == min(length, 1536) and start <= c0 < c1 <= stop
+            assert c0 == 0 or c0 - start >= 64
+            assert c1 == length or stop - c1 >= 64
+            cores[c0:c1] += 1
+        assert (cores == 1).all(), length
+
+
+def test_tiled_scoring_matches_one_pass(tiny_model):
+    whole = Detector(tiny_model, providers=("cpu",))
+    tiled = Detector(tiny_model, providers=("cpu",), tile=128, halo=32)
+    image, _ = draw_sample(np.random.default_rng(2), 300, 200, "particle")
+    a, b = whole.score([image], alpha=0.5)[0], tiled.score([image], alpha=0.5)[0]
+    n_tiles = len(tile_spans(200, 128, 32)) * len(tile_spans(300, 128, 32))
+    assert a.tiles == 1 and b.tiles == n_tiles > 1
+    assert abs(a.score - b.score) / a.score < 1e-3
+    # tile borders see reflected context instead of the real one: a small, bounded error
+    assert np.abs(a.score_map - b.score_map).max() < 0.05 * a.score_map.std()
+
+
+def test_bad_artifacts_are_refused_by_name(tiny_model, tmp_path):
+    not_onnx = tmp_path / "notes.onnx"
+    not_onnx.write_text("hello")
+    truncated = tmp_path / "cut.onnx"
+    truncated.write_bytes(tiny_model.read_bytes()[:5000])
+    bare = tmp_path / "bare.onnx"
+    model = onnx.load(tiny_model)
+    del model.metadata_props[:]
+    onnx.save(model, bare)
+    cases = {
+        not_onnx: "not a loadable",
+        truncated: "not a loadable",
+        bare: "not a nanoinspect",
+        tmp_path / "missing.onnx": "not found",
+    }
+    for path, needle in cases.items():
+        with pytest.raises(ArtifactError, match=needle) as info:
+            Detector(path, providers=("cpu",))
+        assert str(path) in str(info.value)
+    with pytest.raises(ArtifactError, match="GPU is required"):
+        Detector(tiny_model, require_gpu=True)
+
+
+def test_runtime_imports_without_torch(tiny_model):
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import numpy as np\n"
+        "from models.detector import Detector\n"
+        f"d = Detector({str(tiny_model)!r}, providers=('cpu',))\n"
+        "print(d.score([np.full((64, 64), 0.3, np.float32)])[0].score)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert float(p.stdout) > 0
+
+
+def test_evaluate_writes_metrics_report_and_maps(tiny_model, synth_data, tmp_path):
+    from training.evaluate import evaluate
+
+    maps = tmp_path / "maps"
+    result = evaluate(tiny_model, synth_data, tmp_path / "report", save_maps=maps)
+    saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    for key in ("image_auroc", "image_auroc_max", "pixel_auroc", "aupro", "pixel_f1", "pixel_iou"):
+        assert 0.0 <= saved[key] <= 1.0, key
+        for kind in ("bead", "film", "clump", "particle"):
+            assert 0.0 <= saved["per_type"][kind][key] <= 1.0, (kind, key)
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "curves.png" in html and (tmp_path / "report" / "curves.png").stat().st_size > 1000
+    arr = np.load(maps / "bead" / "000.npy")
+    assert arr.dtype == np.float32 and arr.shape == (96, 96)
