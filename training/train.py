@@ -87,6 +87,17 @@ def _image_grid(scorer: AnomalyScorer, image: torch.Tensor) -> torch.Tensor:
     return torch.cat([image, recon, smap], dim=-1)[0].cpu()
 
 
+def _time_up(began: float, max_minutes: float, distributed: bool, dev: torch.device) -> bool:
+    """All ranks must stop at the same step, or the others wait forever in all-reduce: under
+    torchrun they stop as soon as any rank's clock says so."""
+    up = time.monotonic() - began > 60 * max_minutes
+    if distributed:
+        flag = torch.tensor([float(up)], device=dev)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        up = bool(flag.item())
+    return up
+
+
 def train(
     data: Path,
     out: Path,
@@ -226,7 +237,7 @@ def train(
             writer.add_image("preview/input|recon|score", _image_grid(scorer, preview), done)
         if done % cfg.checkpoint_every == 0:
             path = checkpoint(done)
-        if max_minutes is not None and time.monotonic() - began > 60 * max_minutes:
+        if max_minutes is not None and _time_up(began, max_minutes, distributed, dev):
             break
     if path is None or path.name != f"step_{done:07d}.pt":
         path = checkpoint(done)
