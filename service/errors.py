@@ -86,7 +86,9 @@ def install(app: FastAPI, count: Callable[[str], None] = lambda code: None) -> N
         return respond(422, "invalid_parameter", _validation_message(exc))
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         code = CODE_BY_STATUS.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code in (404, 405):
+            message = f"{message}: {request.method} {request.url.path}"
         return respond(exc.status_code, code, message, getattr(exc, "headers", None))

@@ -116,7 +116,11 @@ class ObservabilityMiddleware:
             REQUEST_ID.reset(token)
 
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's ANSI-coloured copy of msg
+}
 
 
 class _RequestIdFilter(logging.Filter):

@@ -79,12 +79,18 @@ function maskLayer(bitmap) {
   const c = new OffscreenCanvas(bitmap.width, bitmap.height);
   const g = c.getContext("2d");
   g.drawImage(bitmap, 0, 0);
-  const px = g.getImageData(0, 0, c.width, c.height);
-  for (let i = 0; i < px.data.length; i += 4) {
-    const on = px.data[i] > 127;
-    px.data.set(on ? [255, 48, 48, 120] : [0, 0, 0, 0], i);
+  const { width: w, height: h } = c;
+  const px = g.getImageData(0, 0, w, h);
+  const on = (x, y) => x >= 0 && y >= 0 && x < w && y < h && px.data[4 * (y * w + x)] > 127;
+  const out = g.createImageData(w, h);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      if (!on(x, y)) continue;
+      const edge = !on(x - 1, y) || !on(x + 1, y) || !on(x, y - 1) || !on(x, y + 1);
+      out.data.set([255, 48, 48, edge ? 255 : 70], 4 * (y * w + x)); // outline, light fill
+    }
   }
-  g.putImageData(px, 0, 0);
+  g.putImageData(out, 0, 0);
   return c;
 }
 
