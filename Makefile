@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 PORT ?= 8000
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench lint clean default-model
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,20 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 run: $(VENV)/.installed
-	$(BIN)/nanoinspect synth runs/demo-data --n-train 40 --n-test-good 8 --n-test-per-defect 4 --size 256x256 --seed 0
-	$(BIN)/nanoinspect train runs/demo-data --out runs/demo --max-steps 200
+	$(BIN)/nanoinspect serve --port $(PORT)
+
+# Rebuilds models/default.onnx and its measured metrics exactly as the model card says.
+DM := runs/default
+MINUTES ?= 25
+default-model: $(VENV)/.installed
+	rm -rf $(DM) && mkdir -p $(DM)
+	$(BIN)/nanoinspect synth $(DM)/train --n-train 200 --n-test-good 0 --n-test-per-defect 0 --seed 0 --no-sheet
+	$(BIN)/nanoinspect synth $(DM)/val --n-train 16 --n-test-good 16 --n-test-per-defect 6 --seed 1 --no-sheet
+	$(BIN)/nanoinspect synth $(DM)/test --n-train 4 --n-test-good 24 --n-test-per-defect 12 --seed 2
+	$(BIN)/nanoinspect train $(DM)/train --out $(DM)/run --config models/default.toml --max-steps 100000 --max-minutes $(MINUTES)
+	$(BIN)/nanoinspect export $(DM)/run --out models/default.onnx --calibrate $(DM)/val --name nanoinspect-default
+	$(BIN)/nanoinspect evaluate models/default.onnx $(DM)/test --out $(DM)/report
+	for a in 0 0.25 0.5 0.75 1; do $(BIN)/nanoinspect evaluate models/default.onnx $(DM)/test --out $(DM)/ablation-$$a --alpha $$a; done
 
 test: $(VENV)/.installed
 	$(BIN)/pytest -q tests

@@ -20,6 +20,7 @@ class TrainConfig:
     beta1: float = 0.5  # Adam betas as in DCGAN/BiGAN
     beta2: float = 0.999
     lambda_rec: float = 10.0  # weight of |G(E(s)) - s| against the adversarial terms
+    corrupt_prob: float = 0.5  # share of patches E+G must restore from generic corruptions
     max_steps: int = 2000
     checkpoint_every: int = 250
     log_every: int = 10  # TensorBoard scalars

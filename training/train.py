@@ -26,6 +26,7 @@ from models.errors import NanoinspectError
 from models.networks import BiGAN
 from models.scoring import AnomalyScorer
 from training.config import TrainConfig, config_dict
+from training.corrupt import corrupt
 from training.data import PatchSampler, Sample, find_dataset, load_images, split_holdout
 from training.losses import discriminator_loss, encoder_generator_loss
 
@@ -37,15 +38,19 @@ class TrainingDiverged(NanoinspectError):
 
 
 class EncoderGenerator(nn.Module):
-    """E and G as one module so DistributedDataParallel sees one forward per backward."""
+    """E and G as one module so DistributedDataParallel sees one forward per backward.
+
+    x feeds the adversarial pair (x, E(x)); x_in, a corrupted copy of x or x itself, is
+    what G(E(.)) must restore to x."""
 
     def __init__(self, bigan: BiGAN):
         super().__init__()
         self.encoder, self.generator = bigan.encoder, bigan.generator
 
-    def forward(self, x: torch.Tensor, z_prior: torch.Tensor):
+    def forward(self, x: torch.Tensor, x_in: torch.Tensor, z_prior: torch.Tensor):
         z = self.encoder(x)
-        return z, self.generator(z), self.generator(z_prior)
+        z_in = z if x_in is x else self.encoder(x_in)
+        return z, self.generator(z_in), self.generator(z_prior)
 
 
 def pick_device(name: str) -> torch.device:
@@ -202,15 +207,17 @@ def train(
     )
     done, path = start, last
     for step in bar:
-        x = sampler.batch(step, cfg.batch_size, rank=rank).to(dev)  # (B, 1, P, P)
         g = torch.Generator().manual_seed(
             int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
         )
+        x = sampler.batch(step, cfg.batch_size, rank=rank)  # (B, 1, P, P)
+        x_in = corrupt(x, cfg.corrupt_prob, g).to(dev) if cfg.corrupt_prob > 0 else None
+        x = x.to(dev)
         z_prior = torch.randn(
             cfg.batch_size, model_cfg.latent_channels, latent, latent, generator=g
         ).to(dev)
         with autocast:
-            z, recon, fake = eg(x, z_prior)
+            z, recon, fake = eg(x, x if x_in is None else x_in, z_prior)
             d_out = disc(torch.cat([x, fake.detach()]), torch.cat([z.detach(), z_prior]))
             loss_d = discriminator_loss(*d_out.float().chunk(2))
         opt_d.zero_grad(set_to_none=True)
