@@ -4,6 +4,7 @@ inference (one dedicated thread) -> encoding (thread pool). Routes stay thin aro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ class Inspector:
         self.batcher: Batcher | None = None
         self.status, self.detail = "loading", ""
         self._decode_limit = anyio.CapacityLimiter(settings.decode_threads)
+        self._settled = asyncio.Event()  # set once loading succeeded or failed
 
     async def load(self) -> None:
         """Load and warm the model off the event loop; a failure is logged and kept."""
@@ -56,6 +58,7 @@ class Inspector:
         except Exception as e:
             self.status, self.detail = "failed", str(e)
             log.error("model not loaded, /readyz stays 503: %s", e)
+            self._settled.set()
             raise
         self.detector = detector
         self.batcher = Batcher(
@@ -69,6 +72,7 @@ class Inspector:
         self.batcher.start()
         self.status = "ready"
         self.metrics.ready.set(1)
+        self._settled.set()
         log.info(
             "model %s ready on %s", detector.name, detector.provider,
             extra={"sha256": detector.sha256, "provider": detector.provider},
@@ -97,6 +101,15 @@ class Inspector:
             message = "the model is still loading" if self.status == "loading" else self.detail
             raise ApiError(503, "not_ready", message, {"Retry-After": "5"})
         return self.detector
+
+    async def wait_ready(self, deadline: float) -> Detector:
+        """Like ready(), but a request that arrives while the model loads (a worker that has
+        just started, behind a shared port) waits for it, within its deadline."""
+        if self.status == "loading":
+            left = deadline - asyncio.get_running_loop().time()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), max(left, 0))
+        return self.ready()
 
     def identity(self) -> ModelIdentity:
         d = self.ready()

@@ -241,6 +241,11 @@ async def test_overload_is_503_with_retry_after(tiny_model):
         assert all(r.status_code == 200 for r in rs if r not in busy)
 
 
+async def test_request_during_model_load_waits_for_it(tiny_model):
+    async with running(settings_for(tiny_model), wait_ready=False) as c:
+        assert (await c.post("/v1/score", files=FILE)).status_code == 200
+
+
 async def test_deadline_is_504(tiny_model):
     async with running(settings_for(tiny_model, request_timeout_s=1e-9)) as c:
         assert_error(await c.post("/v1/score", files=FILE), 504, "timeout")
@@ -282,6 +287,15 @@ async def test_api_keys(tiny_model):
             assert (await c.get(path)).status_code == 200, path
     async with running(settings_for(tiny_model, api_keys=["k"], open_paths=["/healthz"])) as c:
         assert_error(await c.get("/metrics"), 401, "unauthorized")
+
+
+async def test_cors_when_configured(tiny_model, client):
+    origin = {"Origin": "https://line3.example", "Access-Control-Request-Method": "POST"}
+    async with running(settings_for(tiny_model, cors_origins=["https://line3.example"])) as c:
+        r = await c.options("/v1/score", headers=origin)
+        assert r.headers["access-control-allow-origin"] == "https://line3.example"
+    r = await client.options("/v1/score", headers=origin)  # off by default
+    assert "access-control-allow-origin" not in r.headers
 
 
 async def test_request_id_echoed(client):

@@ -109,7 +109,7 @@ def test_concurrent_requests_are_batched_over_http(server):
 
 
 def test_overload_is_503_over_http(tiny_model, tmp_path):
-    env = {"NANOINSPECT_QUEUE_SIZE": "1", "NANOINSPECT_BATCH_WAIT_MS": "3000"}
+    env = {"NANOINSPECT_QUEUE_SIZE": "1", "NANOINSPECT_BATCH_WAIT_MS": "1000"}
 
     async def fire(url):
         async with httpx.AsyncClient(base_url=url, timeout=60) as c:

@@ -52,24 +52,30 @@ def chromium() -> str:
     return found
 
 
-@pytest.fixture
-def page(chromium, tiny_model, tmp_path):
+@pytest.fixture(scope="module")
+def browser(chromium, tiny_model, tmp_path_factory):
+    """One server and one browser for the module; each test gets a fresh page."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    with (
-        serve([str(tiny_model)], tmp_path / "server.log") as server,
-        sync_api.sync_playwright() as p,
-    ):
+    log = tmp_path_factory.mktemp("web") / "server.log"
+    with serve([str(tiny_model)], log) as server, sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.errors = []
-        page.on("pageerror", lambda e: page.errors.append(str(e)))
-        page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
-        page.goto(server.url + "/")
-        page.server = server
+        browser.server = server
         try:
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.errors = []
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
+    page.server = browser.server
+    page.goto(page.server.url + "/")
+    yield page
+    page.close()
 
 
 def wait_scored(page, filename: str) -> None:

@@ -48,7 +48,7 @@ def _form(field: str, many: bool) -> dict:
 
 
 async def _one(request: Request, inspector, settings, query, deadline) -> Scored:
-    inspector.ready()
+    await inspector.wait_ready(deadline)
     inspector.admit()
     parts = await read_parts(request, max_bytes=settings.max_upload_bytes, max_parts=1)
     (part,) = files_named(parts, "file", max_files=1)
@@ -156,7 +156,7 @@ async def score_batch(
     deadline: DeadlineDep,
 ) -> BatchOut:
     """Score several images (field `files`, repeated); a bad file gets its own error entry."""
-    inspector.ready()
+    await inspector.wait_ready(deadline)
     inspector.admit()
     n = settings.max_batch_files
     parts = await read_parts(request, max_bytes=settings.max_upload_bytes, max_parts=n)
