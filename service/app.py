@@ -14,6 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from service import errors
 from service.deps import require_api_key
@@ -53,8 +54,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(BaseException):
                 await loading
             await inspector.close()
+            metrics.close()
 
-    app = FastAPI(title="nanoinspect", version=VERSION, description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc from packaged assets: plants are often offline, the CDN unreachable
+    app = FastAPIOffline(
+        title="nanoinspect", version=VERSION, description=DESCRIPTION, lifespan=lifespan
+    )
     app.state.settings, app.state.inspector = settings, inspector
     errors.install(app, lambda code: metrics.errors.labels(code).inc())
     if settings.cors_origins:

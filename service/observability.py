@@ -65,6 +65,13 @@ class Metrics:
         self.batch_size.observe(size)
         self.inference.observe(seconds)
 
+    def close(self) -> None:
+        """A stopping worker's live gauges must leave the shared multiprocess totals."""
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())
+
     def exposition(self) -> bytes:
         if not self.multiprocess:
             return generate_latest(self.registry)

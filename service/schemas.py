@@ -7,7 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Threshold = Field(None, ge=0, le=1e6, allow_inf_nan=False)
+
+def _threshold(what: str) -> Any:
+    return Field(None, ge=0, le=1e6, allow_inf_nan=False, description=what)
 
 
 class ScoreParams(BaseModel):
@@ -17,8 +19,8 @@ class ScoreParams(BaseModel):
 
     alpha: float | None = Field(None, ge=0, le=1, description="weight of the discriminator term")
     sigma: float | None = Field(None, ge=0, le=64, description="smoothing (px), <= sigma_max")
-    pixel_threshold: float | None = Threshold
-    image_threshold: float | None = Threshold
+    pixel_threshold: float | None = _threshold("gamma: Omega = score map > gamma")
+    image_threshold: float | None = _threshold("tau: anomalous when score > tau")
     min_area: int | None = Field(None, ge=0, le=10**9, description="smallest region (px)")
     crop_bottom: int = Field(0, ge=0, le=100_000, description="rows of SEM banner to drop")
 

@@ -110,8 +110,10 @@ async def test_overrides_and_rle_mask(client, detector):
     assert (body["pixel_threshold"], body["image_threshold"], body["min_area"]) == (0.5, 2.0, 4)
     assert body["mask"]["format"] == "rle" and body["mask"]["data"]["size"] == [96, 96]
     np.testing.assert_array_equal(rle_decode(body["mask"]["data"]), expected.mask)
-    none = (await client.post("/v1/score", files=FILE, params={"mask_format": "none"})).json()
-    assert none["mask"] is None and none["heatmap"] is None
+    params = {"mask_format": "none", "crop_bottom": 16}  # drop an SEM banner of 16 rows
+    cropped = (await client.post("/v1/score", files=FILE, params=params)).json()
+    assert cropped["mask"] is None and cropped["heatmap"] is None
+    assert cropped["score"] == detector.score([image[:80]])[0].score and cropped["height"] == 80
 
 
 def test_rle_is_coco_column_major():
@@ -320,7 +322,9 @@ async def test_model_docs_metrics_and_page(client, detector):
     assert "multipart/form-data" in score["requestBody"]["content"]
     assert {p["name"] for p in score["parameters"]} >= {"alpha", "mask_format", "heatmap"}
     assert "ScoreOut" in spec["components"]["schemas"]
-    assert "swagger" in (await client.get("/docs")).text.lower()
+    docs = (await client.get("/docs")).text
+    assert "swagger-ui-bundle.js" in docs and "cdn." not in docs  # works offline
+    assert (await client.get("/static-offline-docs/swagger-ui-bundle.js")).status_code == 200
     page = await client.get("/")
     assert page.status_code == 200 and "nanoinspect" in page.text
     assert (await client.get("/static/app.js")).status_code == 200

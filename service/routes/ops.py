@@ -9,16 +9,16 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service.deps import InspectorDep, SettingsDep
 from service.schemas import ErrorBody, Health, ModelOut, Readiness
 
-router = APIRouter(tags=["ops"])
+router = APIRouter()
 
 
-@router.get("/healthz")
+@router.get("/healthz", tags=["ops"])
 async def healthz() -> Health:
     """The process is alive (the model may still be loading)."""
     return Health()
 
 
-@router.get("/readyz", responses={503: {"model": Readiness}})
+@router.get("/readyz", tags=["ops"], responses={503: {"model": Readiness}})
 async def readyz(inspector: InspectorDep) -> Readiness:
     """200 once the model is loaded and warmed; 503 while loading or after a failed load."""
     if inspector.status != "ready":
@@ -27,13 +27,13 @@ async def readyz(inspector: InspectorDep) -> Readiness:
     return Readiness(status="ready", model=inspector.identity())
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", tags=["ops"], response_class=Response)
 async def metrics(inspector: InspectorDep) -> Response:
     """Prometheus text exposition."""
     return Response(inspector.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/model", tags=["score"], responses={503: {"model": ErrorBody}})
+@router.get("/v1/model", tags=["model"], responses={503: {"model": ErrorBody}})
 async def model(inspector: InspectorDep, settings: SettingsDep) -> ModelOut:
     """The served artifact: identity, calibrated defaults (what overrides start from), limits."""
     d = inspector.ready()
