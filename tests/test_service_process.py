@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -121,6 +124,20 @@ def test_overload_is_503_over_http(tiny_model, tmp_path):
     assert busy and all(r.headers["retry-after"] == "1" for r in busy)
     assert all(error_code(r) == "overloaded" for r in busy)
     assert all(r.status_code == 200 for r in rs if r not in busy)
+
+
+def test_sigterm_lets_in_flight_requests_finish(tiny_model, tmp_path):
+    env = {"NANOINSPECT_BATCH_WAIT_MS": "1500"}  # the request sits in the queue meanwhile
+    with serve([str(tiny_model)], tmp_path / "log.txt", env) as s:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(httpx.post, s.url + "/v1/score", files=FILE, timeout=60)
+            while metric(httpx.get(s.url + "/metrics").text, "nanoinspect_queue_depth") < 1:
+                assert not pending.done(), pending.result().text
+                time.sleep(0.02)
+            s.proc.send_signal(signal.SIGTERM)
+            assert pending.result().status_code == 200
+        s.proc.wait(30)
+    assert "Application shutdown complete" in s.text()
 
 
 def test_missing_model_keeps_readyz_503(tmp_path):
