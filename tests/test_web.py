@@ -1,6 +1,9 @@
 """The web page in real headless Chromium (Debian's package, installed here when missing),
 driven by Playwright with the system executable: upload, score and overlay appear, a slider
-re-scores through the API, a TIFF the browser cannot show is drawn by the server."""
+re-scores through the API, a TIFF the browser cannot show is drawn by the server.
+
+The README's docs/web.png is the screenshot of the first test; to take it with the shipped
+model: WEB_TEST_MODEL=models/default.onnx pytest tests/test_web.py"""
 
 from __future__ import annotations
 
@@ -57,7 +60,8 @@ def browser(chromium, tiny_model, tmp_path_factory):
     """One server and one browser for the module; each test gets a fresh page."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     log = tmp_path_factory.mktemp("web") / "server.log"
-    with serve([str(tiny_model)], log) as server, sync_api.sync_playwright() as p:
+    model = os.environ.get("WEB_TEST_MODEL") or str(tiny_model)
+    with serve([model], log) as server, sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=ARGS, headless=True)
         browser.server = server
         try:
@@ -91,7 +95,7 @@ def test_upload_shows_score_and_overlay(page, tmp_path):
     pixels = defect_image(7, 192, 160)
     path = tmp_path / "bead.png"
     path.write_bytes(encode(Image.fromarray((pixels * 255 + 0.5).astype(np.uint8))))
-    page.wait_for_function("document.getElementById('model').textContent.includes('tiny')")
+    page.wait_for_function("document.getElementById('model').textContent.includes('CPU')")
     page.set_input_files("#file", str(path))
     wait_scored(page, "bead.png")
 
