@@ -13,7 +13,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[train,serve,dev]'
+	$(BIN)/pip install --quiet -e '.[train,serve,ray,dev]'
 	touch $@
 
 run: $(VENV)/.installed
@@ -21,13 +21,13 @@ run: $(VENV)/.installed
 
 # Rebuilds models/default.onnx and its measured metrics exactly as the model card says.
 DM := runs/default
-MINUTES ?= 25
+STEPS ?= 1500
 default-model: $(VENV)/.installed
 	rm -rf $(DM) && mkdir -p $(DM)
 	$(BIN)/nanoinspect synth $(DM)/train --n-train 200 --n-test-good 0 --n-test-per-defect 0 --seed 0 --no-sheet
 	$(BIN)/nanoinspect synth $(DM)/val --n-train 16 --n-test-good 16 --n-test-per-defect 6 --seed 1 --no-sheet
 	$(BIN)/nanoinspect synth $(DM)/test --n-train 4 --n-test-good 24 --n-test-per-defect 12 --seed 2
-	$(BIN)/nanoinspect train $(DM)/train --out $(DM)/run --config models/default.toml --max-steps 100000 --max-minutes $(MINUTES)
+	$(BIN)/nanoinspect train $(DM)/train --out $(DM)/run --config models/default.toml --max-steps $(STEPS)
 	$(BIN)/nanoinspect export $(DM)/run --out models/default.onnx --calibrate $(DM)/val --name nanoinspect-default
 	$(BIN)/nanoinspect evaluate models/default.onnx $(DM)/test --out $(DM)/report
 	for a in 0 0.25 0.5 0.75 1; do $(BIN)/nanoinspect evaluate models/default.onnx $(DM)/test --out $(DM)/ablation-$$a --alpha $$a; done
