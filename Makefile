@@ -31,6 +31,7 @@ default-model: $(VENV)/.installed
 	$(BIN)/nanoinspect export $(DM)/run --out models/default.onnx --calibrate $(DM)/val --name nanoinspect-default
 	$(BIN)/nanoinspect evaluate models/default.onnx $(DM)/test --out $(DM)/report
 	for a in 0 0.25 0.5 0.75 1; do $(BIN)/nanoinspect evaluate models/default.onnx $(DM)/test --out $(DM)/ablation-$$a --alpha $$a; done
+	$(BIN)/python -m training.card $(DM) models/default.onnx > models/default.metrics.json
 
 test: $(VENV)/.installed
 	$(BIN)/pytest -q tests

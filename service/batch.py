@@ -1,0 +1,163 @@
+"""`nanoinspect score`: score folders of micrographs into DIR/results.parquet|csv.
+
+The driver is engine-agnostic: it lists the inputs, opens the resumable store (skipping
+inputs already done), pulls rows from an engine (this machine's thread/process pool, or
+Ray Data) into part files, and merges them. Torch-free."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pyarrow.compute as pc
+
+from models.detector import Detector
+from models.errors import NanoinspectError
+from service.batch_inputs import Item, check_output_names, expand
+from service.batch_rows import KINDS, crop_of
+from service.batch_store import RESULTS, Store
+
+
+@dataclass(frozen=True)
+class Job:
+    model: Path
+    inputs: list[str]
+    out: Path
+    batch_size: int = 8
+    workers: int | None = None  # local: decoders (default min(4, CPUs)); ray: actors (1)
+    kinds: tuple[str, ...] = ()  # subset of KINDS
+    alpha: float | None = None  # None: the model's
+    crop_bottom: float | int | None = None  # None: as the model was trained
+    engine: Literal["local", "ray"] = "local"
+    decoder: Literal["threads", "processes"] = "threads"
+    ray_address: str | None = None
+    gpus_per_worker: float = 0.0
+    retry_errors: bool = False
+    part_rows: int = 256  # rows per part file (a kill loses at most the unwritten ones)
+    progress: bool = True
+
+    def manifest(self, sha256: str, crop: float | int) -> dict:
+        """What the results depend on; speed settings (engine, workers...) may change."""
+        return {
+            "model_sha256": sha256,
+            "inputs": [os.path.abspath(i) for i in self.inputs],
+            "alpha": self.alpha,
+            "crop_bottom": crop,
+            "outputs": sorted(self.kinds),
+        }
+
+
+@dataclass
+class Summary:
+    total: int
+    ok: int
+    failed: int
+    anomalous: int
+    skipped: int  # done by an earlier run
+    scored: int  # by this run
+    seconds: float
+    results: list[Path] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # the first few, for the terminal
+
+    @property
+    def images_per_s(self) -> float:
+        return self.scored / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        resumed = f" ({self.skipped} done by an earlier run)" if self.skipped else ""
+        return (
+            f"{self.total} images{resumed}: {self.ok} ok, {self.failed} failed, "
+            f"{self.anomalous} anomalous; scored {self.scored} in {self.seconds:.1f} s "
+            f"({self.images_per_s:.1f} images/s); results {self.results[0]}"
+        )
+
+
+def validate(job: Job) -> None:
+    unknown = set(job.kinds) - set(KINDS)
+    if unknown:
+        raise NanoinspectError(f"unknown outputs {sorted(unknown)}; choose from {KINDS}")
+    if job.alpha is not None and not 0.0 <= job.alpha <= 1.0:
+        raise NanoinspectError(f"--alpha must lie in [0, 1], not {job.alpha}")
+    if job.batch_size < 1 or (job.workers is not None and job.workers < 1):
+        raise NanoinspectError("--batch-size and --workers must be at least 1")
+    if job.gpus_per_worker < 0:
+        raise NanoinspectError("--gpus-per-worker must be >= 0")
+    if job.engine not in ("local", "ray"):
+        raise NanoinspectError(f"--engine must be local or ray, not {job.engine!r}")
+    if job.decoder not in ("threads", "processes"):
+        raise NanoinspectError(f"--decoder must be threads or processes, not {job.decoder!r}")
+
+
+def run(job: Job) -> Summary:
+    """Score every input not yet done; return counts over all inputs."""
+    from tqdm import tqdm
+
+    validate(job)
+    if job.engine == "ray":  # before anything is written
+        from service.engines_ray import import_ray
+
+        import_ray()
+    items = expand(job.inputs, out=job.out)
+    if job.kinds:
+        check_output_names(items)
+    # On Ray, Detectors live in the actors; the driver's copy only checks the model and
+    # reads its identity, on the CPU.
+    local = job.engine == "local"
+    detector = Detector(
+        job.model, batch_size=job.batch_size, **({} if local else {"providers": ("cpu",)})
+    )
+    crop = crop_of(detector.meta.train_config) if job.crop_bottom is None else job.crop_bottom
+    store = Store(job.out, part_rows=job.part_rows)
+    store.open(job.manifest(detector.sha256, crop))
+    try:
+        done = store.finished(retry_errors=job.retry_errors)
+        todo = [i for i in items if i.path not in done]
+        began = time.monotonic()
+        bar = tqdm(
+            total=len(items),
+            initial=len(items) - len(todo),
+            unit="img",
+            desc="score",
+            disable=not job.progress,
+        )
+        rows = _engine(job, todo, detector, crop)
+        try:
+            for batch in rows:
+                store.add(batch)
+                bar.update(len(batch))
+        finally:
+            rows.close()  # stop the engine's workers before the last part is written
+            store.flush()
+            bar.close()
+        seconds = time.monotonic() - began
+        table = store.merge(items)
+    finally:
+        store.close()
+    ok = table["error"].null_count
+    return Summary(
+        total=table.num_rows,
+        ok=ok,
+        failed=table.num_rows - ok,
+        anomalous=sum(1 for a in table["is_anomalous"].to_pylist() if a),
+        skipped=len(items) - len(todo),
+        scored=len(todo),
+        seconds=seconds,
+        results=[job.out / name for name in RESULTS],
+        errors=table.filter(pc.is_valid(table["error"]))["error"].to_pylist()[:5],
+    )
+
+
+def _engine(
+    job: Job, todo: list[Item], detector: Detector, crop: float | int
+) -> Iterator[list[dict]]:
+    if job.engine == "ray":
+        from service.engines_ray import ray_rows
+
+        return ray_rows(job, todo, detector.sha256, crop)
+    from service.engines_local import local_rows
+
+    return local_rows(job, todo, detector, crop)

@@ -1,0 +1,141 @@
+"""The per-image work both batch engines share: decode a file, turn a Result into a row,
+write its mask/overlay/map. Any failure of one image becomes that image's error row."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from models.errors import NanoinspectError
+from models.images import load_image
+from service import encode
+from service.batch_inputs import Item, output_path
+
+if TYPE_CHECKING:  # decoder processes import this module: keep onnxruntime out of them
+    from models.detector import Detector, Result
+
+KINDS = ("masks", "overlays", "maps")  # what --save-masks/--save-overlays/--save-maps write
+
+
+@dataclass(frozen=True)
+class Loaded:
+    pixels: np.ndarray | None  # float32 (H, W) in [0, 1]; None when decoding failed
+    error: str | None
+    code: str | None
+    ms: float
+
+
+def crop_of(train_config: dict) -> float | int:
+    """TrainConfig.crop_bottom is a float: >= 1 means rows, below 1 a fraction of the height."""
+    crop = float(train_config.get("crop_bottom", 0.0))
+    return int(crop) if crop >= 1 else crop
+
+
+def load(path: str, crop_bottom: float | int) -> Loaded:
+    """Decode one file (runs in a worker thread, process or Ray task; picklable result)."""
+    t0 = time.perf_counter()
+    try:
+        pixels, error, code = load_image(path, crop_bottom=crop_bottom).pixels, None, None
+    except NanoinspectError as e:
+        pixels, error, code = None, str(e), e.code
+    except Exception as e:  # a decoder bug must cost one row, not the night's job
+        pixels, error, code = None, f"{path}: {type(e).__name__}: {e}", "unreadable"
+    return Loaded(pixels, error, code, (time.perf_counter() - t0) * 1000)
+
+
+def error_row(item: Item, error: str, code: str | None, sha256: str, decode_ms: float) -> dict:
+    return {
+        "path": item.path,
+        "relative_path": item.relative,
+        "error": error,
+        "error_code": code or "error",
+        "model_sha256": sha256,
+        "decode_ms": decode_ms,
+    }
+
+
+def result_row(item: Item, r: Result, sha256: str, timings: dict[str, float]) -> dict:
+    height, width = r.mask.shape
+    return {
+        "path": item.path,
+        "relative_path": item.relative,
+        "width": width,
+        "height": height,
+        "score": r.score,
+        "is_anomalous": bool(r.is_anomalous),
+        "anomalous_area_fraction": r.anomalous_area_fraction,
+        "n_regions": len(r.regions),
+        "regions": json.dumps([asdict(g) for g in r.regions]),
+        "model_sha256": sha256,
+        **timings,
+    }
+
+
+def _write(path: Path, data: bytes) -> None:
+    """tmp + rename in the target folder: a killed run leaves no truncated mask behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save(out: Path, kinds: Sequence[str], item: Item, pixels: np.ndarray, r: Result) -> None:
+    if "masks" in kinds:
+        _write(output_path(out, "masks", item, ".png"), encode.mask_png(r.mask))
+    if "overlays" in kinds:
+        png = encode.overlay_png(pixels, r.score_map, r.mask, r.regions, r.pixel_threshold)
+        _write(output_path(out, "overlays", item, ".png"), png)
+    if "maps" in kinds:
+        buf = io.BytesIO()
+        np.save(buf, r.score_map.astype(np.float32, copy=False))
+        _write(output_path(out, "maps", item, ".npy"), buf.getvalue())
+
+
+def finish(
+    out: Path,
+    kinds: Sequence[str],
+    item: Item,
+    pixels: np.ndarray,
+    r: Result,
+    sha256: str,
+    timings: dict[str, float],
+) -> dict:
+    """Outputs first, then the row: a row on disk means its files are complete."""
+    t0 = time.perf_counter()
+    try:
+        save(out, kinds, item, pixels, r)
+    except OSError as e:
+        return error_row(
+            item,
+            f"{item.path}: cannot write outputs ({e})",
+            "write_failed",
+            sha256,
+            timings["decode_ms"],
+        )
+    return result_row(item, r, sha256, timings | {"save_ms": (time.perf_counter() - t0) * 1000})
+
+
+def score_batch(
+    detector: Detector, images: list[np.ndarray], alpha: float | None
+) -> tuple[list[Result | str], float]:
+    """Score same-size images together; if the batch fails, each alone, so one bad image
+    costs only its own row. Returns (Result or error message per image, ms per image)."""
+    t0 = time.perf_counter()
+    try:
+        out: list[Result | str] = list(detector.score(images, alpha=alpha))
+    except Exception:
+        out = []
+        for img in images:
+            try:
+                out += detector.score([img], alpha=alpha)
+            except Exception as e:
+                out.append(f"scoring failed: {type(e).__name__}: {e}")
+    return out, (time.perf_counter() - t0) * 1000 / max(len(images), 1)

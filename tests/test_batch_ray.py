@@ -1,0 +1,46 @@
+"""`--engine ray` on a local Ray instance (2 CPUs, no dashboard) gives the local engine's
+rows and files. Skipped when Ray is not installed (`pip install 'nanoinspect[ray]'`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.batch import Job, run
+from tests.test_batch_support import make_bad, make_inputs, same_results, table
+
+pytest.importorskip("ray")
+
+
+@pytest.mark.slow
+def test_ray_engine_equals_local_engine(tiny_model, tmp_path):
+    inputs = make_inputs(tmp_path / "in")
+    make_bad(inputs / "bad", inputs / "a" / "001.png")
+    kinds = ("masks", "maps")
+    local = run(
+        Job(
+            tiny_model, [str(inputs)], tmp_path / "local", batch_size=3, kinds=kinds, progress=False
+        )
+    )
+    on_ray = run(
+        Job(
+            tiny_model,
+            [str(inputs)],
+            tmp_path / "ray",
+            batch_size=3,
+            kinds=kinds,
+            engine="ray",
+            workers=1,
+            progress=False,
+        )
+    )
+    assert (on_ray.total, on_ray.ok, on_ray.failed) == (local.total, local.ok, local.failed)
+    assert (local.total, local.failed) == (14, 3)
+    a, b = table(tmp_path / "local"), table(tmp_path / "ray")
+    assert same_results(a, b), (a.to_pylist(), b.to_pylist())
+    for kind in kinds:
+        files = sorted(
+            p.relative_to(tmp_path / "local") for p in (tmp_path / "local" / kind).rglob("*.*")
+        )
+        assert len(files) == 11
+        for f in files:
+            assert (tmp_path / "ray" / f).read_bytes() == (tmp_path / "local" / f).read_bytes()
