@@ -69,10 +69,14 @@ class Summary:
 
     def __str__(self) -> str:
         resumed = f" ({self.skipped} done by an earlier run)" if self.skipped else ""
+        speed = (
+            f"scored {self.scored} in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s)"
+            if self.scored
+            else "nothing left to score"
+        )
         return (
             f"{self.total} images{resumed}: {self.ok} ok, {self.failed} failed, "
-            f"{self.anomalous} anomalous; scored {self.scored} in {self.seconds:.1f} s "
-            f"({self.images_per_s:.1f} images/s); results {self.results[0]}"
+            f"{self.anomalous} anomalous; {speed}; results {self.results[0]}"
         )
 
 

@@ -266,7 +266,7 @@ def score(
     batch_size: Annotated[int, typer.Option(min=1, help="images per inference call")] = 8,
     workers: Annotated[
         int | None,
-        typer.Option(min=1, help="local: decoders [min(4, CPUs)]; ray: Detector actors [1]"),
+        typer.Option(min=1, help="local: decoders (default min(4, CPUs)); ray: actors (1)"),
     ] = None,
     save_masks: Annotated[bool, typer.Option("--save-masks", help="OUT/masks/*.png")] = False,
     save_overlays: Annotated[
@@ -281,7 +281,7 @@ def score(
     alpha: Annotated[float | None, typer.Option(help="override the model's alpha")] = None,
     crop_bottom: Annotated[
         float | None,
-        typer.Option(help="banner rows (>= 1) or fraction to drop [as in training]"),
+        typer.Option(help="banner rows (>= 1) or fraction to drop (default: as in training)"),
     ] = None,
     decoder: Annotated[str, typer.Option(help="local: threads or processes")] = "threads",
     retry_errors: Annotated[
