@@ -21,7 +21,7 @@ run: $(VENV)/.installed
 
 # Rebuilds models/default.onnx and its measured metrics exactly as the model card says.
 DM := runs/default
-STEPS ?= 1500
+STEPS ?= 500
 default-model: $(VENV)/.installed
 	rm -rf $(DM) && mkdir -p $(DM)
 	$(BIN)/nanoinspect synth $(DM)/train --n-train 200 --n-test-good 0 --n-test-per-defect 0 --seed 0 --no-sheet

@@ -2,7 +2,7 @@
 
 1. Component scales: the means of raw d and r on held-out normal images, written into the
    graph's `r_scale` / `d_scale` initializers, so both terms average 1 on normal data.
-2. alpha: kept, or chosen on a labelled validation set (best mean of pixel AUROC and AUPRO).
+2. alpha and sigma: kept, or chosen on a labelled validation set (best pixel AUROC + AUPRO).
 3. gamma and tau: at target false-positive rates on normal images, or at best F1 when
    labelled defects are given.
 The graph is linear in alpha (blur(alpha d + (1-alpha) r) = alpha blur(d) + (1-alpha) blur(r)),
@@ -28,6 +28,12 @@ from training import metrics
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 PIXEL_FPR = 0.005  # share of normal pixels above gamma (before min_area)
 IMAGE_FPR = 0.05  # share of normal images above tau
+SIGMAS = (1.0, 2.0, 4.0)  # smoothing tried on labelled validation data
+
+
+def _quality(row: dict[str, float]) -> float:
+    """What alpha and sigma are chosen by on validation data: localisation first."""
+    return row["pixel_auroc"] + row["aupro"]
 
 
 @dataclass(frozen=True)
@@ -51,12 +57,12 @@ def write_artifact(model: onnx.ModelProto, meta: ArtifactMeta, path: Path) -> No
     os.replace(tmp, path)
 
 
-def _passes(det: Detector, images: list[np.ndarray]):
-    """Per image: blur(d), blur(r) and the scores at alpha = 1 and 0, at the artifact's sigma."""
+def _passes(det: Detector, images: list[np.ndarray], sigma: float):
+    """Per image: blur(d), blur(r) and the scores at alpha = 1 and 0."""
     out = []
     for img in images:
-        one = det.run(img[None, None], 1.0, det.meta.sigma)
-        zero = det.run(img[None, None], 0.0, det.meta.sigma)
+        one = det.run(img[None, None], 1.0, sigma)
+        zero = det.run(img[None, None], 0.0, sigma)
         out.append(
             (
                 one["score_map"][0, 0],
@@ -114,13 +120,19 @@ def calibrate(
 
     calibration: dict = {"normal_images": len(normals), "labelled_images": len(labelled)}
     if labelled:
-        passes = _passes(det, [s.image for s in labelled])
         masks = [s.mask for s in labelled]
         labels = np.array([s.kind != "good" for s in labelled])
-        table = ablation(passes, masks, labels)
-        calibration["ablation"] = {str(a): v for a, v in table.items()}
-        if alpha is None:
-            alpha = max(ALPHAS, key=lambda a: table[a]["pixel_auroc"] + table[a]["aupro"])
+        tables = {}
+        for sig in SIGMAS if sigma is None else (meta.sigma,):
+            passes = _passes(det, [s.image for s in labelled], sig)
+            tables[sig] = (passes, ablation(passes, masks, labels))
+        choices = [(sig, a) for sig in tables for a in (ALPHAS if alpha is None else (alpha,))]
+        sig, alpha = max(choices, key=lambda c: _quality(tables[c[0]][1][c[1]]))
+        passes = tables[sig][0]
+        meta = meta.with_(sigma=sig)
+        calibration["ablation"] = {
+            f"sigma={s_}": {str(a): v for a, v in t.items()} for s_, (_, t) in tables.items()
+        }
         maps = [alpha * d + (1 - alpha) * r for d, r, _, _ in passes]
         scores = np.array([alpha * s1 + (1 - alpha) * s0 for _, _, s1, s0 in passes])
         gamma, pixel_f1 = metrics.best_f1_threshold(
@@ -130,7 +142,7 @@ def calibrate(
         calibration |= {"method": "best_f1", "pixel_f1": pixel_f1, "image_f1": image_f1}
     else:
         alpha = meta.alpha if alpha is None else alpha
-        passes = _passes(det, normals)
+        passes = _passes(det, normals, meta.sigma)
         maps = [alpha * d + (1 - alpha) * r for d, r, _, _ in passes]
         scores = np.array([alpha * s1 + (1 - alpha) * s0 for _, _, s1, s0 in passes])
         gamma = float(np.quantile(np.concatenate([m.ravel() for m in maps]), 1 - pixel_fpr))
