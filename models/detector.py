@@ -28,7 +28,8 @@ PROVIDERS = {
     "cpu": "CPUExecutionProvider",
 }
 GPU_PROVIDERS = {PROVIDERS["tensorrt"], PROVIDERS["cuda"]}
-MIN_SIDE = 8
+MIN_IMAGE_SIDE = 8  # smaller sides are refused; sides under MIN_SIDE are mirrored out
+MIN_SIDE = 24  # the graph reflects 16 px of context (+ stride padding) around an image
 
 
 @dataclass(frozen=True)
@@ -58,13 +59,16 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def tile_spans(length: int, tile: int, halo: int) -> list[tuple[int, int, int, int]]:
+def tile_spans(
+    length: int, tile: int, halo: int, used: int | None = None
+) -> list[tuple[int, int, int, int]]:
     """Cover [0, length) with equal tiles overlapping by >= 2*halo.
 
     Returns (start, stop, core_start, core_stop): each pixel belongs to exactly one core,
-    which lies at least `halo` away from its tile's inner edges."""
+    which lies at least `halo` away from its tile's inner edges. With `used`, a single tile
+    keeps only [0, used) as its core (the rest is mirrored padding)."""
     if length <= tile:
-        return [(0, length, 0, length)]
+        return [(0, length, 0, length if used is None else used)]
     n = math.ceil((length - 2 * halo) / (tile - 2 * halo))
     starts = [round(i * (length - tile) / (n - 1)) for i in range(n)]
     bounds = [0] + [(starts[i + 1] + starts[i] + tile) // 2 for i in range(n - 1)] + [length]
@@ -171,16 +175,16 @@ class Detector:
         tau = m.image_threshold if image_threshold is None else float(image_threshold)
         area = m.min_area if min_area is None else int(min_area)
         for img in images:
-            if img.ndim != 2 or min(img.shape) < MIN_SIDE:
+            if img.ndim != 2 or min(img.shape) < MIN_IMAGE_SIDE:
                 raise ImageError(
-                    f"images must be 2-D and at least {MIN_SIDE} px a side, got {img.shape}"
+                    f"images must be 2-D and at least {MIN_IMAGE_SIDE} px a side, got {img.shape}"
                 )
 
         maps: list[tuple[np.ndarray, float, int] | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(images):
-            if max(img.shape) > self.tile:
-                maps[i] = self._tiled(img, alpha, sigma)
+            if max(img.shape) > self.tile or min(img.shape) < MIN_SIDE:
+                maps[i] = self._stitched(img, alpha, sigma)
             else:
                 groups.setdefault(img.shape, []).append(i)
         for idx in groups.values():
@@ -202,19 +206,22 @@ class Detector:
             )
         return results
 
-    def _tiled(
+    def _stitched(
         self, image: np.ndarray, alpha: float, sigma: float
     ) -> tuple[np.ndarray, float, int]:
-        """Score one large image tile by tile; the image score comes from the stitched terms."""
+        """Score an image by parts: large ones tile by tile, small ones mirrored out to
+        MIN_SIDE; the image score comes from the terms of the parts' cores."""
         smap = np.empty(image.shape, np.float32)
         d_sum = r2_sum = 0.0
+        h, w = image.shape
+        padded = np.pad(image, ((0, max(MIN_SIDE - h, 0)), (0, max(MIN_SIDE - w, 0))), "symmetric")
         spans = [
             (ys, xs)
-            for ys in tile_spans(image.shape[0], self.tile, self.halo)
-            for xs in tile_spans(image.shape[1], self.tile, self.halo)
+            for ys in tile_spans(padded.shape[0], self.tile, self.halo, h)
+            for xs in tile_spans(padded.shape[1], self.tile, self.halo, w)
         ]
         for (y0, y1, cy0, cy1), (x0, x1, cx0, cx1) in spans:
-            tile = image[y0:y1, x0:x1]
+            tile = padded[y0:y1, x0:x1]
             out = self.run(tile[None, None], alpha, sigma)
             core = (slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0))
             smap[cy0:cy1, cx0:cx1] = out["score_map"][0, 0][core]

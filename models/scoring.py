@@ -15,6 +15,7 @@ from torch import nn
 
 from models.networks import BiGAN
 
+MARGIN = 16  # reflected context around the image: the convs' zero padding falls outside it
 BLUR_RADIUS = 16  # fixed kernel half-width of the in-graph Gaussian: sigma is usable up to ~4
 SIGMA_MAX = BLUR_RADIUS / 4
 OUTPUTS = ("score_map", "score", "reconstruction", "d_map")
@@ -45,11 +46,12 @@ class AnomalyScorer(nn.Module):
     def terms(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Calibrated d and r maps (N, 1, H, W) and the reconstruction (N, 1, H, W)."""
         h, w = image.shape[-2:]
-        x = F.pad(image, (0, (-w) % self.stride, 0, (-h) % self.stride), mode="reflect")
-        z = self.bigan.encoder(x)  # (N, C_z, H'/s, W'/s)
-        recon = self.bigan.generator(z)[..., :h, :w]
+        m, s = MARGIN, self.stride
+        x = F.pad(image, (m, m + (-(w + 2 * m)) % s, m, m + (-(h + 2 * m)) % s), mode="reflect")
+        z = self.bigan.encoder(x)  # (N, C_z, H'/s, W'/s), H' = H + 2m rounded up to s
+        recon = self.bigan.generator(z)[..., m : m + h, m : m + w]
         dmap = self.bigan.discriminator(x, z)  # (N, 1, H'/s, W'/s)
-        dmap = F.interpolate(dmap, scale_factor=self.stride, mode="bilinear")[..., :h, :w]
+        dmap = F.interpolate(dmap, scale_factor=s, mode="bilinear")[..., m : m + h, m : m + w]
         d = (dmap - 1) ** 2 / self.d_scale
         r = (recon - image).abs() / self.r_scale
         return d, r, recon

@@ -63,7 +63,8 @@ def test_calibration_makes_normal_terms_average_one(tiny_model, synth_data):
 def test_detector_scores_odd_sizes_and_batches_consistently(tiny_model):
     det = Detector(tiny_model, providers=("cpu",))
     rng = np.random.default_rng(0)
-    images = [draw_sample(rng, w, h, None)[0] for w, h in ((97, 61), (97, 61), (40, 130))]
+    sizes = ((97, 61), (97, 61), (40, 130))
+    images = [draw_sample(rng, w, h, None)[0] for w, h in sizes] + [rng.random((12, 40), np.float32)]
     together = det.score(images)
     alone = [det.score([img])[0] for img in images]
     for a, b, img in zip(together, alone, images, strict=True):
