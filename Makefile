@@ -37,7 +37,7 @@ test: $(VENV)/.installed
 	$(BIN)/pytest -q tests
 
 bench: $(VENV)/.installed
-	$(BIN)/python -m tests.bench
+	for f in tests/bench/bench_*.py; do $(BIN)/python -m tests.bench.$$(basename $$f .py) || exit 1; done
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
