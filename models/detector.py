@@ -91,7 +91,7 @@ class Detector:
         threads: int | None = None,
         batch_size: int = 8,
         tile: int = 1536,
-        halo: int = 64,
+        halo: int = 96,
     ):
         import onnxruntime as ort
 

@@ -16,7 +16,7 @@ from torch import nn
 from models.networks import BiGAN
 
 MARGIN = 16  # reflected context around the image: the convs' zero padding falls outside it
-BLUR_RADIUS = 16  # fixed kernel half-width of the in-graph Gaussian: sigma is usable up to ~4
+BLUR_RADIUS = 32  # fixed kernel half-width of the in-graph Gaussian: sigma is usable up to 8
 SIGMA_MAX = BLUR_RADIUS / 4
 OUTPUTS = ("score_map", "score", "reconstruction", "d_map")
 

@@ -28,7 +28,7 @@ from training import metrics
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 PIXEL_FPR = 0.005  # share of normal pixels above gamma (before min_area)
 IMAGE_FPR = 0.05  # share of normal images above tau
-SIGMAS = (1.0, 2.0, 4.0)  # smoothing tried on labelled validation data
+SIGMAS = (1.0, 2.0, 4.0, 8.0)  # smoothing tried on labelled validation data
 
 
 def _quality(row: dict[str, float]) -> float:
