@@ -64,7 +64,9 @@ def test_detector_scores_odd_sizes_and_batches_consistently(tiny_model):
     det = Detector(tiny_model, providers=("cpu",))
     rng = np.random.default_rng(0)
     sizes = ((97, 61), (97, 61), (40, 130))
-    images = [draw_sample(rng, w, h, None)[0] for w, h in sizes] + [rng.random((12, 40), np.float32)]
+    images = [draw_sample(rng, w, h, None)[0] for w, h in sizes] + [
+        rng.random((12, 40), np.float32)
+    ]
     together = det.score(images)
     alone = [det.score([img])[0] for img in images]
     for a, b, img in zip(together, alone, images, strict=True):
@@ -160,3 +162,20 @@ def test_evaluate_writes_metrics_report_and_maps(tiny_model, synth_data, tmp_pat
     assert "curves.png" in html and (tmp_path / "report" / "curves.png").stat().st_size > 1000
     arr = np.load(maps / "bead" / "000.npy")
     assert arr.dtype == np.float32 and arr.shape == (96, 96)
+
+
+def test_evaluate_without_masks_gives_image_metrics_and_a_warning(
+    tiny_model, synth_data, tmp_path, caplog
+):
+    import shutil
+
+    from training.evaluate import evaluate
+
+    data = tmp_path / "nomask"
+    shutil.copytree(synth_data, data)
+    shutil.rmtree(data / "ground_truth")
+    with caplog.at_level("WARNING"):
+        result = evaluate(tiny_model, data, tmp_path / "report")
+    assert "no ground-truth masks" in caplog.text
+    assert 0.0 <= result["image_auroc"] <= 1.0
+    assert "pixel_auroc" not in result and "aupro" not in result

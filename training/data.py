@@ -179,6 +179,7 @@ def _mvtec(root: Path) -> Layout:
     test: list[Sample] = []
     test_dir = root / "test"
     kinds = sorted(d for d in test_dir.iterdir() if d.is_dir()) if test_dir.is_dir() else []
+    labelled = (root / "ground_truth").is_dir()  # without it: image labels only, no masks
     for kind_dir in kinds:
         kind = kind_dir.name
         masks = {}
@@ -186,7 +187,7 @@ def _mvtec(root: Path) -> Layout:
             masks = {p.name.lower(): p for p in _images(root / "ground_truth" / kind, False)}
         for path in _images(kind_dir, recursive=False):
             mask = None
-            if kind != "good":
+            if kind != "good" and labelled:
                 mask = masks.get(f"{path.stem}_mask.png".lower())
                 if mask is None:
                     expected = Path("ground_truth", kind, f"{path.stem}_mask.png")

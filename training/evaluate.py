@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from models.detector import Detector
+from models.errors import DataError
 from models.images import load_image
 from training import metrics
 from training.data import find_dataset, load_mask
@@ -44,8 +45,6 @@ def evaluate(
     det = Detector(model, providers=("cpu",))
     layout = find_dataset(data)
     if not layout.test:
-        from models.errors import DataError
-
         raise DataError(f"{data}: no test images (expected the MVTec AD layout with test/)")
     has_masks = layout.has_masks
     if not has_masks:
