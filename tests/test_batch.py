@@ -131,18 +131,8 @@ def test_rerun_is_idempotent(scored, tiny_model, inputs):
 def test_bad_files_become_error_rows(tiny_model, inputs, tmp_path):
     expected = make_bad(tmp_path / "bad", inputs / "a" / "001.png")
     out = tmp_path / "out"
-    result = CliRunner().invoke(
-        app,
-        [
-            "score",
-            str(tiny_model),
-            str(tmp_path / "bad"),
-            "--out",
-            str(out),
-            "--no-progress",
-            "--save-masks",
-        ],
-    )
+    args = ["score", str(tiny_model), str(tmp_path / "bad"), "--out", str(out), "--no-progress"]
+    result = CliRunner().invoke(app, [*args, "--save-masks"])
     assert result.exit_code == 1, result.output
     assert "4 images: 1 ok, 3 failed" in result.output
     rows = {Path(r["path"]).name: r for r in table(out).to_pylist()}
@@ -154,19 +144,7 @@ def test_bad_files_become_error_rows(tiny_model, inputs, tmp_path):
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["good.png"]
     # the broken file repaired, --retry-errors scores it; the rest stays as it was
     (tmp_path / "bad" / "text.png").write_bytes((inputs / "a" / "002.png").read_bytes())
-    result = CliRunner().invoke(
-        app,
-        [
-            "score",
-            str(tiny_model),
-            str(tmp_path / "bad"),
-            "--out",
-            str(out),
-            "--no-progress",
-            "--save-masks",
-            "--retry-errors",
-        ],
-    )
+    result = CliRunner().invoke(app, [*args, "--save-masks", "--retry-errors"])
     assert result.exit_code == 1, result.output
     assert "4 images (1 done by an earlier run): 2 ok, 2 failed" in result.output
     assert table(out).num_rows == 4
