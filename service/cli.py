@@ -198,8 +198,8 @@ def serve(
             help="ONNX artifact (default: $NANOINSPECT_MODEL, else models/default.onnx)"
         ),
     ] = None,
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    host: Annotated[str, typer.Option(envvar="NANOINSPECT_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="NANOINSPECT_PORT")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="processes, each with its own model")] = 1,
     providers: Annotated[
         str | None, typer.Option(help="e.g. cuda,cpu or tensorrt,cuda,cpu")
