@@ -108,7 +108,7 @@ def decode_image(
     except Exception as e:  # hostile bytes reach Pillow's parsers: any failure is corruption
         if isinstance(e, ValueError) and "MAX_TEXT" in str(e):
             raise ImageError(
-                f"{name}: PNG text metadata too large ({e})", code="too_large"
+                f"{name}: PNG metadata (text or ICC profile) too large ({e})", code="too_large"
             ) from None
         detail = f"{type(e).__name__}: {e}"
         if isinstance(e, UnidentifiedImageError):

@@ -22,6 +22,7 @@ from service.inspector import Inspector
 from service.observability import Metrics, ObservabilityMiddleware, configure_logging
 from service.routes import ops, score, web
 from service.settings import Settings
+from service.uploads import UploadBudget
 
 try:
     VERSION = version("nanoinspect")
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="nanoinspect", version=VERSION, description=DESCRIPTION, lifespan=lifespan
     )
     app.state.settings, app.state.inspector = settings, inspector
+    app.state.upload_budget = UploadBudget(settings.upload_budget_bytes)
     errors.install(app, lambda code: metrics.errors.labels(code).inc())
     if settings.cors_origins:
         app.add_middleware(

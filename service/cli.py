@@ -12,6 +12,8 @@ import typer
 
 from models.errors import NanoinspectError
 
+MAX_HEADER_BYTES = 32 << 10  # request line and headers; browsers send 1-8 KiB
+
 app = typer.Typer(
     help="Find defects in SEM images of nanofibre mats.",
     no_args_is_help=True,
@@ -252,6 +254,11 @@ def serve(
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=30,
+        # h11, not httptools: httptools buffers request headers without limit (a 1 GB
+        # header line costs 1 GB); h11 answers 400 past this many bytes of headers
+        http="h11",
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        timeout_keep_alive=5,
     )
 
 

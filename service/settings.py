@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     )
 
     max_upload_bytes: int = Field(64 << 20, ge=1024, description="largest request body")
+    upload_budget_bytes: int = Field(
+        256 << 20, ge=1024, description="bodies being received at once, all requests; past: 503"
+    )
     max_pixels: int = Field(50_000_000, ge=64, description="largest decoded image")
     max_batch_files: int = Field(32, ge=1, description="files per /v1/score/batch request")
     decode_threads: int = Field(2, ge=1, description="images decoded at once")
@@ -38,6 +41,9 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill")
     queue_size: int = Field(64, ge=1, description="images waiting beyond this get 503")
     request_timeout_s: float = Field(60.0, gt=0, description="deadline per request")
+    upload_timeout_s: float = Field(
+        30.0, gt=0, description="a body not received within this gets 408 (slow or stalled)"
+    )
 
     api_keys: CommaList = Field([], repr=False, description="accepted keys; empty: no auth")
     open_paths: CommaList = Field(

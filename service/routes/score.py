@@ -35,7 +35,7 @@ from service.schemas import (
 from service.uploads import files_named, read_parts
 
 router = APIRouter(prefix="/v1", tags=["score"])
-ERRORS = {s: {"model": ErrorBody} for s in (400, 401, 413, 415, 422, 503, 504)}
+ERRORS = {s: {"model": ErrorBody} for s in (400, 401, 408, 413, 415, 422, 503, 504)}
 
 
 def _form(field: str, many: bool) -> dict:
@@ -50,7 +50,13 @@ def _form(field: str, many: bool) -> dict:
 async def _one(request: Request, inspector, settings, query, deadline) -> Scored:
     await inspector.wait_ready(deadline)
     inspector.admit()
-    parts = await read_parts(request, max_bytes=settings.max_upload_bytes, max_parts=1)
+    parts = await read_parts(
+        request,
+        request.app.state.upload_budget,
+        max_bytes=settings.max_upload_bytes,
+        max_parts=1,
+        timeout_s=settings.upload_timeout_s,
+    )
     (part,) = files_named(parts, "file", max_files=1)
     return await inspector.score(part, query, deadline)
 
@@ -159,7 +165,13 @@ async def score_batch(
     await inspector.wait_ready(deadline)
     inspector.admit()
     n = settings.max_batch_files
-    parts = await read_parts(request, max_bytes=settings.max_upload_bytes, max_parts=n)
+    parts = await read_parts(
+        request,
+        request.app.state.upload_budget,
+        max_bytes=settings.max_upload_bytes,
+        max_parts=n,
+        timeout_s=settings.upload_timeout_s,
+    )
     files = files_named(parts, "files", max_files=n)
     inspector.admit(len(files))
     model = inspector.identity()
