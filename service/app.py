@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -17,10 +18,11 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from service import errors
-from service.deps import require_api_key
+from service.deps import require_admin_key, require_api_key
 from service.inspector import Inspector
 from service.observability import Metrics, ObservabilityMiddleware, configure_logging
-from service.routes import ops, score, web
+from service.routes import admin, ops, score, web
+from service.security import RateLimiter, SecurityHeadersMiddleware
 from service.settings import Settings
 from service.uploads import UploadBudget
 
@@ -33,6 +35,7 @@ DESCRIPTION = """Anomaly detection for SEM images of nanofibre mats.
 
 Every error is `{"error": {"code": ..., "message": ...}}` with a 4xx (or 503/504) status.
 Masks: a base64 1-bit PNG, or COCO uncompressed RLE in column-major order."""
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -48,21 +51,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await loading  # a bad model aborts startup
         else:  # serve /healthz at once; /readyz says 503 until loaded (or forever if failed)
             loading.add_done_callback(lambda t: t.cancelled() or t.exception())
+        loop = asyncio.get_running_loop()
+        hup = False
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not main thread
+            loop.add_signal_handler(signal.SIGHUP, inspector.reload_soon)  # reload MODEL
+            hup = True
         try:
             yield
         finally:
+            if hup:
+                loop.remove_signal_handler(signal.SIGHUP)
             loading.cancel()
             with contextlib.suppress(BaseException):
                 await loading
             await inspector.close()
             metrics.close()
 
-    # /docs and /redoc from packaged assets: plants are often offline, the CDN unreachable
-    app = FastAPIOffline(
-        title="nanoinspect", version=VERSION, description=DESCRIPTION, lifespan=lifespan
-    )
+    about = {"title": "nanoinspect", "version": VERSION, "description": DESCRIPTION}
+    if settings.docs:  # /docs and /redoc from packaged assets: the CDN may be unreachable
+        app = FastAPIOffline(**about, lifespan=lifespan)
+    else:
+        app = FastAPI(**about, lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     app.state.settings, app.state.inspector = settings, inspector
     app.state.upload_budget = UploadBudget(settings.upload_budget_bytes)
+    app.state.rate_limiter = (
+        RateLimiter(settings.rate_limit, settings.rate_burst) if settings.rate_limit else None
+    )
     errors.install(app, lambda code: metrics.errors.labels(code).inc())
     if settings.cors_origins:
         app.add_middleware(
@@ -70,12 +84,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "X-API-Key", "X-Request-ID", "Content-Type"],
-            expose_headers=["X-Request-ID", "X-Score", "X-Is-Anomalous", "X-Regions"],
-        )
+            expose_headers=[
+                "X-Request-ID", "X-Score", "X-Is-Anomalous", "X-Regions", "X-Model-Sha256"
+            ],
+        )  # fmt: skip
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeadersMiddleware, docs_paths=DOCS_PATHS)
     auth = [Depends(require_api_key)]
     app.include_router(ops.router, dependencies=auth)
     app.include_router(score.router, dependencies=auth)
+    app.include_router(admin.router, dependencies=[Depends(require_admin_key)])
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC), name="static")
     return app

@@ -1,7 +1,11 @@
 """Micro-batching: requests wait in a bounded queue; one collector task groups jobs that can
 share an inference call (same image size and scoring settings) up to `batch_size` or
 `batch_wait`, and runs `Detector.score` in ONE dedicated thread, so the event loop never
-runs inference and the model never runs twice at once."""
+runs inference and the model never runs twice at once.
+
+Each job carries the model it was submitted for (its defaults resolved its settings), and a
+batch holds jobs of one model only: after a model swap, jobs already queued finish on the old
+model while new ones go to the new; the old one is freed when its last job is done."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -28,8 +32,13 @@ class DeadlineExceeded(Exception):
     """The request's deadline passed before its image was scored."""
 
 
+class Model(Protocol):
+    def score(self, images: list[np.ndarray], **params: Any) -> list: ...
+
+
 @dataclass(eq=False)
 class Job:
+    model: Model  # scores this job (and answers for it)
     image: np.ndarray  # float32 (H, W) in [0, 1]
     params: dict[str, Any]  # keyword arguments of Detector.score, all resolved
     deadline: float  # loop time
@@ -41,16 +50,15 @@ class Job:
 
     @property
     def key(self) -> Hashable:
-        return (self.image.shape, tuple(sorted(self.params.items())))
+        return (id(self.model), self.image.shape, tuple(sorted(self.params.items())))
 
 
 class Batcher:
-    """score(images, **params) -> results, run in batches; observe(size, seconds) is told of
+    """Runs job.model.score(images, **params) in batches; observe(size, seconds) is told of
     every batch and depth(n) of every queue change (for metrics)."""
 
     def __init__(
         self,
-        score: Callable[..., list],
         *,
         batch_size: int,
         batch_wait_s: float,
@@ -58,7 +66,7 @@ class Batcher:
         observe: Callable[[int, float], None] = lambda n, s: None,
         depth: Callable[[int], None] = lambda n: None,
     ):
-        self._score, self._observe, self._depth = score, observe, depth
+        self._observe, self._depth = observe, depth
         self.batch_size, self.batch_wait_s, self.queue_size = batch_size, batch_wait_s, queue_size
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._held: deque[Job] = deque()  # taken from the queue but not in this batch's group
@@ -86,12 +94,14 @@ class Batcher:
                 job.future.set_exception(Overloaded("the server is shutting down"))
         self._executor.shutdown(wait=True)
 
-    def submit(self, image: np.ndarray, params: dict[str, Any], deadline: float) -> Job:
-        """Queue one image; raises Overloaded when queue_size images already wait."""
+    def submit(
+        self, model: Model, image: np.ndarray, params: dict[str, Any], deadline: float
+    ) -> Job:
+        """Queue one image for `model`; raises Overloaded when queue_size images already wait."""
         if not self.has_room():
             raise Overloaded(f"{self._waiting} images already wait (queue_size {self.queue_size})")
         loop = asyncio.get_running_loop()
-        job = Job(image, params, deadline, loop.create_future())
+        job = Job(model, image, params, deadline, loop.create_future())
         self._queue.put_nowait(job)
         self._set_waiting(+1)
         return job
@@ -141,10 +151,11 @@ class Batcher:
             return
         started = time.perf_counter()
         images = [job.image for job in live]
+        model, params = live[0].model, live[0].params  # the same for the whole batch
         loop = asyncio.get_running_loop()
         try:
             results = await loop.run_in_executor(
-                self._executor, lambda: self._score(images, **live[0].params)
+                self._executor, lambda: model.score(images, **params)
             )
         except Exception as e:
             for job in live:

@@ -1,5 +1,9 @@
 """The service's state and its one pipeline: decode (thread pool, bounded) -> micro-batched
-inference (one dedicated thread) -> encoding (thread pool). Routes stay thin around it."""
+inference (one dedicated thread) -> encoding (thread pool). Routes stay thin around it.
+
+The model can be swapped while serving (admin route, SIGHUP): the new artifact is loaded
+and checked beside the old one, then replaces it in one assignment; requests already
+admitted keep the detector they started with, so each answer names the model that made it."""
 
 from __future__ import annotations
 
@@ -8,13 +12,16 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
+import numpy as np
 
 from models.detector import Detector, Result
-from models.errors import NanoinspectError
+from models.errors import ArtifactError, NanoinspectError
 from models.images import Decoded, decode_image
 from service.batcher import Batcher, DeadlineExceeded, Overloaded
 from service.errors import ApiError
@@ -38,6 +45,7 @@ class Scored:
     queue_ms: float
     inference_ms: float
     batch_size: int
+    model: ModelIdentity  # the model that scored it
 
 
 class Inspector:
@@ -46,50 +54,115 @@ class Inspector:
         self.detector: Detector | None = None
         self.batcher: Batcher | None = None
         self.status, self.detail = "loading", ""
+        self.loaded_at = ""  # when the serving model was put in service (ISO 8601)
         self._decode_limit = anyio.CapacityLimiter(settings.decode_threads)
+        self._decoding = 0  # uploads decoding or waiting for a decode thread
         self._settled = asyncio.Event()  # set once loading succeeded or failed
+        self._swap_lock = asyncio.Lock()  # one load at a time
+        self._reloads: set[asyncio.Task] = set()
 
     async def load(self) -> None:
-        """Load and warm the model off the event loop; a failure is logged and kept."""
+        """Load and warm the configured model off the event loop; a failure is logged and kept."""
         s = self.settings
         log.info("loading model %s (providers %s)", s.model, ",".join(s.providers))
-        try:
-            detector = await anyio.to_thread.run_sync(self._load)
-        except Exception as e:
-            self.status, self.detail = "failed", str(e)
-            log.error("model not loaded, /readyz stays 503: %s", e)
-            self._settled.set()
-            raise
-        self.detector = detector
-        self.batcher = Batcher(
-            detector.score,
-            batch_size=s.batch_size,
-            batch_wait_s=s.batch_wait_ms / 1000,
-            queue_size=s.queue_size,
-            observe=self.metrics.observe_batch,
-            depth=self.metrics.queue_depth.set,
-        )
-        self.batcher.start()
-        self.status = "ready"
-        self.metrics.ready.set(1)
+        async with self._swap_lock:
+            try:
+                detector = await anyio.to_thread.run_sync(self._load, s.model)
+            except Exception as e:
+                self.status, self.detail = "failed", str(e)
+                log.error("model not loaded, /readyz stays 503: %s", e)
+                self._settled.set()
+                raise
+            self._install(detector)
         self._settled.set()
-        log.info(
-            "model %s ready on %s", detector.name, detector.provider,
-            extra={"sha256": detector.sha256, "provider": detector.provider},
-        )  # fmt: skip
 
-    def _load(self) -> Detector:
+    def _load(self, path: Path) -> Detector:
+        """A Detector for `path`, checked: format and metadata (by Detector), then a warm-up
+        inference that must give finite numbers. Any failure is an ArtifactError."""
         s = self.settings
         detector = Detector(
-            s.model,
+            path,
             providers=s.providers,
             require_gpu=s.require_gpu,
             threads=s.threads,
             batch_size=s.batch_size,
             tile=s.tile,
         )
-        detector.warm_up()
+        try:
+            detector.warm_up()
+            probe = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+            (result,) = detector.score([probe])
+        except NanoinspectError:
+            raise
+        except Exception as e:  # onnxruntime raises its own untyped errors
+            raise ArtifactError(f"{path}: warm-up inference failed ({e})") from None
+        if not (np.isfinite(result.score) and np.isfinite(result.score_map).all()):
+            raise ArtifactError(f"{path}: warm-up inference gave non-finite scores")
         return detector
+
+    def _install(self, detector: Detector) -> None:
+        """Put `detector` in service: one assignment on the event loop, so every request sees
+        the old model or the new one, never a mix."""
+        s, old = self.settings, self.detector
+        if self.batcher is None:
+            self.batcher = Batcher(
+                batch_size=s.batch_size,
+                batch_wait_s=s.batch_wait_ms / 1000,
+                queue_size=s.queue_size,
+                observe=self.metrics.observe_batch,
+                depth=self.metrics.queue_depth.set,
+            )
+            self.batcher.start()
+        self.detector = detector
+        self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.status, self.detail = "ready", ""
+        self.metrics.ready.set(1)
+        if old is not None:
+            self.metrics.model_info.labels(old.name, old.meta.created, old.sha256).set(0)
+        self.metrics.model_info.labels(detector.name, detector.meta.created, detector.sha256).set(1)
+        log.info(
+            "model %s ready on %s", detector.name, detector.provider,
+            extra={"sha256": detector.sha256, "provider": detector.provider},
+        )  # fmt: skip
+
+    async def swap(self, path: Path, sha256: str | None = None) -> tuple[Detector | None, float]:
+        """Load `path` beside the serving model, check it, then swap; returns the model it
+        replaced and the seconds taken. A refused artifact (409) leaves the old one serving."""
+        if self._swap_lock.locked():
+            raise ApiError(409, "swap_in_progress", "another model load is in progress")
+        async with self._swap_lock:
+            old = self.detector
+            started = time.perf_counter()
+            log.info("loading model %s beside the serving one", path)
+            try:
+                new = await anyio.to_thread.run_sync(self._load, path)
+                if sha256 is not None and new.sha256 != sha256.lower():
+                    raise ArtifactError(f"{path}: sha256 is {new.sha256}, expected {sha256}")
+            except NanoinspectError as e:
+                self.metrics.swaps.labels("refused").inc()
+                keeps = f"{old.name} ({old.sha256[:12]}) keeps serving" if old else "no model"
+                log.error("model swap refused, %s: %s", keeps, e)
+                raise ApiError(409, "model_refused", f"{e}; {keeps}") from None
+            self._install(new)
+            self._settled.set()
+            self.metrics.swaps.labels("ok").inc()
+            seconds = time.perf_counter() - started
+            log.info(
+                "model swapped in %.2f s: %s -> %s", seconds, old.sha256 if old else "-",
+                new.sha256, extra={"sha256": new.sha256},
+            )  # fmt: skip
+            return old, seconds
+
+    def reload_soon(self) -> None:
+        """SIGHUP: reload the configured model path in the background (errors are logged)."""
+
+        async def reload() -> None:
+            with contextlib.suppress(ApiError):  # swap() logged why
+                await self.swap(self.settings.model)
+
+        task = asyncio.get_running_loop().create_task(reload(), name="reload-model")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
     async def close(self) -> None:
         self.metrics.ready.set(0)
@@ -111,8 +184,8 @@ class Inspector:
                 await asyncio.wait_for(self._settled.wait(), max(left, 0))
         return self.ready()
 
-    def identity(self) -> ModelIdentity:
-        d = self.ready()
+    def identity(self, detector: Detector | None = None) -> ModelIdentity:
+        d = detector or self.ready()
         return ModelIdentity(
             name=d.name, version=d.meta.created, sha256=d.sha256, provider=d.provider
         )
@@ -123,9 +196,9 @@ class Inspector:
         if not self.batcher.has_room(n):
             raise _overloaded(f"{self.batcher.waiting} images wait for inference")
 
-    def resolve(self, params: ScoreParams) -> dict[str, Any]:
+    def resolve(self, params: ScoreParams, detector: Detector) -> dict[str, Any]:
         """Overrides with the model's defaults filled in: equal settings batch together."""
-        m = self.ready().meta
+        m = detector.meta
         given = params.overrides()
         out = {
             "alpha": m.alpha,
@@ -140,22 +213,21 @@ class Inspector:
 
     async def score(self, part: Part, params: ScoreParams, deadline: float) -> Scored:
         """Decode and score one upload; every failure is an ApiError."""
+        detector = self.ready()  # this request's model, even if another is swapped in meanwhile
         t0 = time.perf_counter()
-        decoded = await self.decode(part, params.crop_bottom)
+        decoded = await self.decode(part, params.crop_bottom, deadline)
         decode_ms = (time.perf_counter() - t0) * 1000
-        resolved = self.resolve(params)
+        resolved = self.resolve(params, detector)
         assert self.batcher is not None
         try:
-            job = self.batcher.submit(decoded.pixels, resolved, deadline)
+            job = self.batcher.submit(detector, decoded.pixels, resolved, deadline)
         except Overloaded as e:
             raise _overloaded(str(e)) from None
         left = deadline - asyncio.get_running_loop().time()
         try:
             result = await asyncio.wait_for(job.future, max(left, 0))
         except (TimeoutError, DeadlineExceeded):
-            raise ApiError(
-                504, "timeout", f"not scored within {self.settings.request_timeout_s} s"
-            ) from None
+            raise _timeout(self.settings.request_timeout_s) from None
         except Overloaded as e:
             raise _overloaded(str(e)) from None
         except NanoinspectError as e:
@@ -163,12 +235,18 @@ class Inspector:
         self.metrics.images.inc()
         self.metrics.anomalous.inc(int(result.is_anomalous))
         self.metrics.regions.inc(len(result.regions))
+        self.metrics.model_images.labels(detector.sha256).inc()
         queue_ms = (job.started - job.enqueued) * 1000
         return Scored(
-            part, decoded, result, decode_ms, queue_ms, job.inference_s * 1000, job.batch_size
-        )
+            part, decoded, result, decode_ms, queue_ms, job.inference_s * 1000, job.batch_size,
+            self.identity(detector),
+        )  # fmt: skip
 
-    async def decode(self, part: Part, crop_bottom: int) -> Decoded:
+    async def decode(self, part: Part, crop_bottom: int, deadline: float) -> Decoded:
+        """Decode in the bounded thread pool. Uploads waiting for a thread are bounded too
+        (queue_size: beyond, 503) and by their deadline (504), so a busy pool never hangs."""
+        if self._decoding >= self.settings.queue_size:
+            raise _overloaded(f"{self._decoding} uploads wait for decoding")
         fn = partial(
             decode_image,
             bytes(part.data),
@@ -176,10 +254,20 @@ class Inspector:
             crop_bottom=crop_bottom,
             name=part.filename or "file",
         )
+        self._decoding += 1
         try:
-            return await anyio.to_thread.run_sync(fn, limiter=self._decode_limit)
+            with anyio.fail_after(max(deadline - asyncio.get_running_loop().time(), 0)):
+                return await anyio.to_thread.run_sync(fn, limiter=self._decode_limit)
+        except TimeoutError:
+            raise _timeout(self.settings.request_timeout_s) from None
         except NanoinspectError as e:
             raise ApiError.from_nanoinspect(e) from None
+        finally:
+            self._decoding -= 1
+
+
+def _timeout(seconds: float) -> ApiError:
+    return ApiError(504, "timeout", f"not scored within {seconds} s")
 
 
 def _overloaded(detail: str) -> ApiError:

@@ -60,6 +60,18 @@ class Metrics:
             p + "ready", "1 when the model is loaded and warm", multiprocess_mode="livemin",
             registry=reg,
         )  # fmt: skip
+        self.model_info = Gauge(
+            p + "model_info", "1 for the model serving now, 0 for ones it replaced",
+            ["name", "version", "sha256"], multiprocess_mode="liveall", registry=reg,
+        )  # fmt: skip
+        self.model_images = Counter(
+            p + "model_images_total", "images scored, by the model that scored them", ["sha256"],
+            registry=reg,
+        )  # fmt: skip
+        self.swaps = Counter(
+            p + "model_swaps_total", "model loads while serving, by result (ok, refused)",
+            ["result"], registry=reg,
+        )  # fmt: skip
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

@@ -128,6 +128,7 @@ class BatchOut(BaseModel):
 
 
 class ModelOut(ModelIdentity):
+    loaded_at: str = Field(description="when this model was put in service (ISO 8601)")
     code_version: str
     format_version: int
     alpha: float
@@ -149,3 +150,21 @@ class Readiness(BaseModel):
     status: Literal["ready", "loading", "failed"]
     detail: str = ""
     model: ModelIdentity | None = None
+
+
+class SwapIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(
+        min_length=1, max_length=4096,
+        description="the new artifact on the server: absolute, or relative to the model folder",
+    )  # fmt: skip
+    sha256: str | None = Field(
+        None, pattern="^[0-9a-fA-F]{64}$", description="refuse the file unless it has this digest"
+    )
+
+
+class SwapOut(BaseModel):
+    previous: ModelIdentity | None = Field(description="the model it replaced")
+    current: ModelIdentity
+    load_seconds: float = Field(description="loading and checking the new model")

@@ -50,10 +50,23 @@ class Settings(BaseSettings):
         ["/healthz", "/readyz", "/metrics"], description="paths that need no key"
     )
     cors_origins: CommaList = Field([], description="origins allowed by CORS; '*' for any")
+    rate_limit: float = Field(
+        0.0, ge=0, description="requests per second per API key (per client without keys); 0: off"
+    )
+    rate_burst: int = Field(20, ge=1, description="requests a key may send at once")
+    admin_keys: CommaList = Field(
+        [], repr=False, description="keys for /v1/admin; empty: the admin routes are refused"
+    )
+    admin_model_dir: Path | None = Field(
+        None, description="the admin route loads models from here only (default: MODEL's folder)"
+    )
+    docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json")
     log_format: Literal["json", "text"] = "json"
     log_level: str = "info"
 
-    @field_validator("providers", "api_keys", "open_paths", "cors_origins", mode="before")
+    @field_validator(
+        "providers", "api_keys", "open_paths", "cors_origins", "admin_keys", mode="before"
+    )
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):

@@ -230,7 +230,7 @@ async def test_overload_is_503_with_retry_after(tiny_model):
     async with running(settings_for(tiny_model, queue_size=1, batch_size=1)) as c:
         inspector = c.app.state.inspector
         gate, score = threading.Event(), inspector.detector.score
-        inspector.batcher._score = lambda *a, **k: gate.wait(30) and score(*a, **k)
+        inspector.detector.score = lambda *a, **k: gate.wait(30) and score(*a, **k)
         tasks = [asyncio.create_task(c.post("/v1/score", files=FILE)) for _ in range(8)]
         async with asyncio.timeout(30):
             while sum(t.done() for t in tasks) < 6:  # at most one running and one queued

@@ -45,9 +45,12 @@ async def model(inspector: InspectorDep, settings: SettingsDep) -> ModelOut:
         "batch_size": settings.batch_size,
         "queue_size": settings.queue_size,
         "request_timeout_s": settings.request_timeout_s,
+        "rate_limit": settings.rate_limit,
+        "rate_burst": settings.rate_burst,
     }
     return ModelOut(
-        **inspector.identity().model_dump(),
+        **inspector.identity(d).model_dump(),
+        loaded_at=inspector.loaded_at,
         code_version=m.code_version,
         format_version=m.format_version,
         alpha=m.alpha,

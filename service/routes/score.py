@@ -24,7 +24,6 @@ from service.schemas import (
     ErrorBody,
     ErrorDetail,
     MaskOut,
-    ModelIdentity,
     OverlayQuery,
     PngOut,
     RegionOut,
@@ -35,7 +34,7 @@ from service.schemas import (
 from service.uploads import files_named, read_parts
 
 router = APIRouter(prefix="/v1", tags=["score"])
-ERRORS = {s: {"model": ErrorBody} for s in (400, 401, 408, 413, 415, 422, 503, 504)}
+ERRORS = {s: {"model": ErrorBody} for s in (400, 401, 408, 413, 415, 422, 429, 503, 504)}
 
 
 def _form(field: str, many: bool) -> dict:
@@ -61,7 +60,7 @@ async def _one(request: Request, inspector, settings, query, deadline) -> Scored
     return await inspector.score(part, query, deadline)
 
 
-def _build(s: Scored, q: ScoreQuery, model: ModelIdentity) -> ScoreOut:
+def _build(s: Scored, q: ScoreQuery) -> ScoreOut:
     """The JSON body (runs in a worker thread: PNG encoding of large masks takes time)."""
     t0 = time.perf_counter()
     r = s.result
@@ -105,7 +104,7 @@ def _build(s: Scored, q: ScoreQuery, model: ModelIdentity) -> ScoreOut:
         heatmap=heatmap,
         notes=list(s.decoded.notes),
         timings=timings,
-        model=model,
+        model=s.model,
     )
 
 
@@ -119,7 +118,7 @@ async def score(
 ) -> ScoreOut:
     """Score one image (multipart field `file`): score, verdict, regions, mask, timings."""
     scored = await _one(request, inspector, settings, query, deadline)
-    return await anyio.to_thread.run_sync(_build, scored, query, inspector.identity())
+    return await anyio.to_thread.run_sync(_build, scored, query)
 
 
 @router.post(
@@ -149,6 +148,7 @@ async def overlay(
         "X-Score": repr(r.score),
         "X-Is-Anomalous": str(r.is_anomalous).lower(),
         "X-Regions": str(len(r.regions)),
+        "X-Model-Sha256": s.model.sha256,
     }
     return Response(png, media_type="image/png", headers=headers)
 
@@ -174,7 +174,6 @@ async def score_batch(
     )
     files = files_named(parts, "files", max_files=n)
     inspector.admit(len(files))
-    model = inspector.identity()
     outcomes = await asyncio.gather(
         *(inspector.score(p, query, deadline) for p in files), return_exceptions=True
     )
@@ -186,7 +185,7 @@ async def score_batch(
         elif isinstance(outcome, BaseException):
             raise outcome
         else:
-            result = await anyio.to_thread.run_sync(_build, outcome, query, model)
+            result = await anyio.to_thread.run_sync(_build, outcome, query)
             items.append(BatchItem(filename=part.filename, result=result))
     failed = sum(item.error is not None for item in items)
     return BatchOut(count=len(items), failed=failed, items=items)
