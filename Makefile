@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 PORT ?= 8000
 
-.PHONY: run test bench lint clean default-model
+.PHONY: run test bench lint clean default-model docker-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,14 @@ bench: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile docker/train.Dockerfile
+	$(BIN)/kubernetes-validate --strict --quiet docker/k8s/*.yaml
+	if docker compose version >/dev/null 2>&1; then docker compose -f docker/compose.yaml config --quiet; \
+	else $(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker/compose.yaml; fi
+
+# Builds the Dockerfile on a base made with debootstrap and runs it for real (docker/test.py).
+docker-test: $(VENV)/.installed
+	$(BIN)/python docker/test.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
