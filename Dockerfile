@@ -4,9 +4,10 @@
 #   docker run --gpus all -p 127.0.0.1:8000:8000 nanoinspect:0.1.0
 #
 # onnxruntime-gpu >= 1.27 (what pyproject.toml pins) is built for CUDA 13 and cuDNN 9: the
-# default base carries both; the host needs an NVIDIA driver >= 580. BASE_IMAGE may be any
-# glibc >= 2.28 image with python3 >= 3.11 and venv, or with apt-get to install them
-# (`make docker-test` passes a Debian base it makes itself). See the README's Docker section.
+# default base carries both; the host needs an NVIDIA driver >= 580 (CUDA 12 hosts: see
+# ONNXRUNTIME_GPU below). BASE_IMAGE may be any glibc >= 2.28 image with python3 >= 3.11 and
+# venv, or with apt-get to install them (`make docker-test` passes a Debian base it makes
+# itself). See the README's Docker section.
 ARG BASE_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
 
 FROM ${BASE_IMAGE} AS build
@@ -33,6 +34,10 @@ RUN python3 -m venv /opt/venv \
     && mkdir models training service && touch README.md \
     && /opt/venv/bin/pip install '.[serve]' \
     && /opt/venv/bin/pip uninstall -y nanoinspect
+# CUDA 12 hosts: --build-arg ONNXRUNTIME_GPU=onnxruntime-gpu==1.26.0 (the last CUDA 12 build)
+# with a CUDA 12 BASE_IMAGE (pip then warns that it is below the CUDA 13 pin of pyproject.toml).
+ARG ONNXRUNTIME_GPU=
+RUN if [ -n "$ONNXRUNTIME_GPU" ]; then /opt/venv/bin/pip install "$ONNXRUNTIME_GPU"; fi
 # Then the code and the default model (package data of `models`).
 COPY README.md ./
 COPY models/ models/
