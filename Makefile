@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 PORT ?= 8000
 
-.PHONY: run test bench lint clean default-model docker-test
+.PHONY: run test bench soak lint clean default-model docker-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	for f in tests/bench/bench_*.py; do $(BIN)/python -m tests.bench.$$(basename $$f .py) || exit 1; done
+
+# 64 clients posting images for 60 s to a real server with the default model (after a
+# 10 s warm-up): requests/s, p50/p99, statuses, max queue depth, RSS. Also part of `make bench`.
+soak: $(VENV)/.installed
+	$(BIN)/python -m tests.bench.bench_soak
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
