@@ -8,7 +8,7 @@
 # ONNXRUNTIME_GPU below). BASE_IMAGE may be any glibc >= 2.28 image with python3 >= 3.11 and
 # venv, or with apt-get to install them (`make docker-test` passes a Debian base it makes
 # itself). See the README's Docker section.
-ARG BASE_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
+ARG BASE_IMAGE=nvidia/cuda:13.1.1-cudnn-runtime-ubuntu24.04
 
 FROM ${BASE_IMAGE} AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]

@@ -9,7 +9,7 @@
 # onnxruntime-gpu, which `export` runs for its parity check. TORCH pins torch like the Makefile
 # (an unpinned torch resolves to whatever build is newest); TORCH_INDEX_URL picks a CUDA flavour,
 # e.g. https://download.pytorch.org/whl/cu130.
-ARG BASE_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
+ARG BASE_IMAGE=nvidia/cuda:13.1.1-cudnn-runtime-ubuntu24.04
 
 FROM ${BASE_IMAGE} AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
