@@ -213,15 +213,18 @@ def check_drain(r: Report, docker: str, name: str, url: str) -> None:
 
 
 def build(docker: str, base: str, workdir: Path) -> None:
+    """The build stage is tagged too, so that pruning the untagged images of earlier runs
+    keeps its dependency layer as the cache of the next run."""
     log = workdir / "build.log"
-    with log.open("w") as f:
-        built = subprocess.run(
-            [docker, "build", "--network", "host", "-t", IMAGE,
-             "--build-arg", f"BASE_IMAGE={base}", *pip_build_args(), str(ROOT)],
-            stdout=f, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    if built.returncode:
-        raise Failed(f"docker build failed:\n{log.read_text()[-4000:]}")
+    args = ["--network", "host", "--build-arg", f"BASE_IMAGE={base}", *pip_build_args()]
+    for target in (["--target", "build", "-t", IMAGE + "-build"], ["-t", IMAGE]):
+        with log.open("a") as f:
+            built = subprocess.run(
+                [docker, "build", *args, *target, str(ROOT)], stdout=f, stderr=subprocess.STDOUT
+            )
+        if built.returncode:
+            raise Failed(f"docker build failed:\n{log.read_text()[-4000:]}")
+    run(docker, "image", "prune", "-f")
 
 
 @contextmanager
