@@ -59,7 +59,7 @@ RUN if ! command -v python3 >/dev/null; then \
 COPY --from=build /opt/venv /opt/venv
 # /models: mount another model there (read-only) and point NANOINSPECT_MODEL at it; without
 # it the bundled default model is served. The root filesystem may be read-only: nothing is
-# written outside /tmp (upload spooling, multi-worker metrics), which should be a tmpfs.
+# written outside /tmp (multi-worker metrics, libraries' temporary files): make it a tmpfs.
 ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
