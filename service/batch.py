@@ -19,7 +19,7 @@ from models.detector import Detector
 from models.errors import NanoinspectError
 from service.batch_inputs import Item, check_output_names, expand
 from service.batch_rows import KINDS, crop_of
-from service.batch_store import RESULTS, Store
+from service.batch_store import RESULTS, Store, storage_error
 
 
 @dataclass(frozen=True)
@@ -130,15 +130,18 @@ def run(job: Job) -> Summary:
         )
         rows = _engine(job, todo, detector, crop)
         try:
-            for batch in rows:
-                store.add(batch)
-                bar.update(len(batch))
-        finally:
-            rows.close()  # stop the engine's workers before the last part is written
-            store.flush()
-            bar.close()
-        seconds = time.monotonic() - began
-        table = store.merge(items)
+            try:
+                for batch in rows:
+                    store.add(batch)
+                    bar.update(len(batch))
+            finally:
+                rows.close()  # stop the engine's workers before the last part is written
+                bar.close()
+                store.flush()
+            seconds = time.monotonic() - began
+            table = store.merge(items)
+        except OSError as e:  # disk full: parts written so far are whole, a rerun resumes
+            raise storage_error(job.out, e) from None
     finally:
         store.close()
     ok = table["error"].null_count

@@ -18,6 +18,7 @@ from models.errors import NanoinspectError
 from models.images import load_image
 from service import encode
 from service.batch_inputs import Item, output_path
+from service.batch_store import DISK_FULL, storage_error
 
 if TYPE_CHECKING:  # decoder processes import this module: keep onnxruntime out of them
     from models.detector import Detector, Result
@@ -80,11 +81,16 @@ def result_row(item: Item, r: Result, sha256: str, timings: dict[str, float]) ->
 
 
 def _write(path: Path, data: bytes) -> None:
-    """tmp + rename in the target folder: a killed run leaves no truncated mask behind."""
+    """tmp + rename in the target folder: a killed run leaves no truncated mask behind, a
+    failed write (disk full) no temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save(out: Path, kinds: Sequence[str], item: Item, pixels: np.ndarray, r: Result) -> None:
@@ -108,11 +114,14 @@ def finish(
     sha256: str,
     timings: dict[str, float],
 ) -> dict:
-    """Outputs first, then the row: a row on disk means its files are complete."""
+    """Outputs first, then the row: a row on disk means its files are complete. A full disk
+    stops the job (StorageError) instead of marking every input as failed."""
     t0 = time.perf_counter()
     try:
         save(out, kinds, item, pixels, r)
     except OSError as e:
+        if e.errno in DISK_FULL:
+            raise storage_error(out, e) from None
         return error_row(
             item,
             f"{item.path}: cannot write outputs ({e})",

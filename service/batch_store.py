@@ -11,12 +11,13 @@ skips exactly the inputs that are complete."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pyarrow as pa
@@ -47,15 +48,40 @@ SCHEMA = pa.schema(
     ]
 )
 RESULTS = ("results.parquet", "results.csv")
+# The output's storage is full or refuses writes: the job stops (every input would fail)
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
-def _atomic_write(path: Path, write) -> None:
-    """write(tmp_path), fsync, then rename over `path`: readers see old or new, never half."""
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    write(tmp)
-    with tmp.open("rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+class StorageError(NanoinspectError):
+    """The results cannot be written; what was committed stays, a rerun resumes."""
+
+    code = "write_failed"
+    exit_code = 3
+
+
+def storage_error(out: Path, e: OSError) -> StorageError:
+    return StorageError(
+        f"{out}: cannot write results ({e.strerror or e}); the rows committed so far are kept: "
+        "free space and run the same command again to resume"
+    )
+
+
+def _atomic_write(writes: dict[Path, Callable[[Path], object]]) -> None:
+    """Each write(tmp_path) and fsync; only when all have succeeded are they renamed over
+    their paths: readers see the old files or the new, never half of one (nor a new Parquet
+    beside an old CSV when the disk fills between them); a failed write leaves no tmp file."""
+    tmps = {path: path.with_name(f".tmp-{os.getpid()}-{path.name}") for path in writes}
+    try:
+        for path, write in writes.items():
+            write(tmps[path])
+            with tmps[path].open("rb") as f:
+                os.fsync(f.fileno())
+        for path, tmp in tmps.items():
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 class Store:
@@ -91,7 +117,7 @@ class Store:
                     "use another --out, or delete it to start over"
                 )
         else:
-            _atomic_write(run, lambda p: p.write_text(json.dumps(manifest, indent=2) + "\n"))
+            _atomic_write({run: lambda p: p.write_text(json.dumps(manifest, indent=2) + "\n")})
         for tmp in self.out.rglob(".tmp-*"):  # half-written parts, results, masks...
             tmp.unlink(missing_ok=True)
 
@@ -134,7 +160,8 @@ class Store:
         files = self._part_files()
         n = int(files[-1].stem.split("-")[1]) + 1 if files else 0
         table = pa.Table.from_pylist(self.buffer, schema=SCHEMA)
-        _atomic_write(self.parts / f"part-{n:06d}.parquet", lambda p: pq.write_table(table, str(p)))
+        part = self.parts / f"part-{n:06d}.parquet"
+        _atomic_write({part: lambda p: pq.write_table(table, str(p))})
         self.buffer = []
 
     def merge(self, items: list[Item]) -> pa.Table:
@@ -146,6 +173,10 @@ class Store:
         rows = rows.take(latest).drop_columns(["_n"])
         keep = pc.is_in(rows["path"], value_set=pa.array([i.path for i in items], pa.string()))
         rows = rows.filter(keep).sort_by("path")  # items are sorted by path
-        _atomic_write(self.out / RESULTS[0], lambda p: pq.write_table(rows, str(p)))
-        _atomic_write(self.out / RESULTS[1], lambda p: pacsv.write_csv(rows, str(p)))
+        _atomic_write(
+            {
+                self.out / RESULTS[0]: lambda p: pq.write_table(rows, str(p)),
+                self.out / RESULTS[1]: lambda p: pacsv.write_csv(rows, str(p)),
+            }
+        )
         return rows

@@ -29,7 +29,7 @@ def one_line_errors(fn):
             return fn(*args, **kwargs)
         except NanoinspectError as e:
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(getattr(e, "exit_code", 2)) from None
 
     return wrapper
 
