@@ -47,6 +47,7 @@ soak: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/pip-audit -r requirements/serve.lock --disable-pip --progress-spinner off $(AUDIT_FLAGS)
 	$(BIN)/hadolint Dockerfile docker/train.Dockerfile
 	$(BIN)/kubernetes-validate --strict --quiet docker/k8s/*.yaml
 	if docker compose version >/dev/null 2>&1; then docker compose -f docker/compose.yaml config --quiet; \
@@ -55,6 +56,14 @@ lint: $(VENV)/.installed
 # Builds the Dockerfile on a base made with debootstrap and runs it for real (docker/test.py).
 docker-test: $(VENV)/.installed
 	$(BIN)/python docker/test.py
+
+# The serving dependencies pinned with hashes for the serving image (Linux x86-64, Python
+# 3.11); `make lint` audits them. Regenerate after changing the serve extra of pyproject.toml.
+.PHONY: lock
+lock: $(VENV)/.installed
+	$(BIN)/uv pip compile pyproject.toml --extra serve --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --generate-hashes --no-header \
+		--annotation-style line -o requirements/serve.lock
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
