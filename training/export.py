@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 
 from models.artifact import INPUTS, OUTPUTS, ArtifactMeta
 from models.config import ModelConfig
 from models.detector import Detector
 from models.errors import NanoinspectError
 from models.networks import BiGAN
+from models.phase import for_export, restore
 from models.scoring import SIGMA_MAX, AnomalyScorer
 from training.calibrate import Labelled, calibrate, write_artifact
 from training.data import find_dataset, load_images, load_mask
@@ -84,6 +86,58 @@ def check_parity(scorer: AnomalyScorer, path: Path, images: list[np.ndarray]) ->
     return worst
 
 
+def write_graph(scorer: AnomalyScorer, path: Path, sigma: float = DEFAULT_SIGMA) -> None:
+    """The scoring graph (generator output stage in phase space) as one ONNX file at path,
+    with dynamic N, H, W and no metadata yet."""
+    example = (torch.rand(2, 1, 64, 96), torch.tensor(0.5), torch.tensor(sigma))
+    dims = {2: torch.export.Dim("H", min=8, max=65536), 3: torch.export.Dim("W", min=8, max=65536)}
+    program = torch.onnx.export(
+        # optimize=False: the optimizer would fold away the division by the 1.0 placeholder
+        # scales, leaving calibration nothing to set; onnxruntime optimises at load anyway
+        for_export(scorer),
+        example,
+        dynamo=True,
+        external_data=False,
+        optimize=False,
+        input_names=list(INPUTS),
+        output_names=list(OUTPUTS),
+        dynamic_shapes=({0: torch.export.Dim("N", min=1, max=4096), **dims}, None, None),
+    )
+    program.save(str(path))
+
+
+def scorer_from_artifact(path: Path) -> tuple[AnomalyScorer, ArtifactMeta]:
+    """The torch scorer holding an exported artifact's weights and calibration (torch eager
+    twin of the ONNX graph: for re-export and for benchmarks)."""
+    model = onnx.load(path)
+    meta = ArtifactMeta.from_props({p.key: p.value for p in model.metadata_props}, str(path))
+    scorer = AnomalyScorer(BiGAN(ModelConfig.from_dict(meta.model_config))).eval()
+    weights = {
+        i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer
+    }
+    for name in [k for k in weights if k.endswith(".up_weight")]:  # a phase-space graph
+        weights = restore(weights, name.removesuffix("up_weight"))
+    scorer.load_state_dict(weights, strict=True)
+    return scorer, meta
+
+
+def reexport(src: Path, out: Path) -> float:
+    """Write `src`'s model again with this code's graph, keeping its weights, calibration and
+    metadata (a newer, faster graph without retraining); returns the parity error seen."""
+    scorer, meta = scorer_from_artifact(src)
+    tmp = out.with_name(out.name + ".export.tmp")
+    try:
+        write_graph(scorer, tmp, meta.sigma)
+        write_artifact(onnx.load(tmp), meta, tmp)
+        images = [np.random.default_rng(i).random((256, 256), dtype=np.float32) for i in range(2)]
+        parity = check_parity(scorer, tmp, images)
+        onnx.checker.check_model(onnx.load(tmp), full_check=True)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return parity
+
+
 def export(
     run: Path,
     out: Path,
@@ -115,21 +169,7 @@ def export(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".export.tmp")
-    example = (torch.rand(2, 1, 64, 96), torch.tensor(0.5), torch.tensor(sigma))
-    dims = {2: torch.export.Dim("H", min=8, max=65536), 3: torch.export.Dim("W", min=8, max=65536)}
-    program = torch.onnx.export(
-        # optimize=False: the optimizer would fold away the division by the 1.0 placeholder
-        # scales, leaving calibration nothing to set; onnxruntime optimises at load anyway
-        scorer,
-        example,
-        dynamo=True,
-        external_data=False,
-        optimize=False,
-        input_names=list(INPUTS),
-        output_names=list(OUTPUTS),
-        dynamic_shapes=({0: torch.export.Dim("N", min=1, max=4096), **dims}, None, None),
-    )
-    program.save(str(tmp))
+    write_graph(scorer, tmp, sigma)
     meta = ArtifactMeta(
         name=name or out.stem,
         alpha=DEFAULT_ALPHA if alpha is None else alpha,
@@ -156,3 +196,9 @@ def export(
     finally:
         tmp.unlink(missing_ok=True)
     return meta, parity
+
+
+if __name__ == "__main__":  # python -m training.export SRC.onnx OUT.onnx
+    import sys
+
+    print(f"parity max |ort - torch| = {reexport(Path(sys.argv[1]), Path(sys.argv[2])):.2e}")

@@ -3,7 +3,7 @@ plain loop that decodes each file and calls Detector.score on it alone, on the s
 in the same run. Variants alternate within each repeat so drift on a shared machine hits
 all of them alike; medians over repeats, printed as ratios to the plain loop.
 
-    python -m tests.bench.bench_batch [--model M] [--n 64] [--size 512x512] [--repeats 5]
+    python -m tests.bench.bench_batch [--model M] [--n 16] [--size 512x512] [--repeats 2]
 
 Both sides are timed end to end as a user sees them: model load, decoding, scoring, and
 for the engine its listing, part files and results.parquet/csv (no masks)."""
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -22,8 +21,7 @@ import numpy as np
 from models.detector import Detector
 from models.images import load_image
 from service.batch import Job, run
-
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "default.onnx"
+from tests.bench.common import Row, alternate, bench_model, median, show
 
 
 def make_images(root: Path, n: int, width: int, height: int) -> list[Path]:
@@ -58,44 +56,54 @@ def engine(model: Path, root: Path, out: Path, decoder: str, batch: int, workers
     return time.perf_counter() - t0
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--size", default="512x512")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
-    a = p.parse_args()
-    if not a.model.is_file():
-        raise SystemExit(f"{a.model}: no model; run `make default-model` or pass --model")
-    w, h = (int(v) for v in a.size.split("x"))
+def rows(
+    model: Path | None = None,
+    n: int = 16,
+    size: str = "512x512",
+    repeats: int = 2,
+    batch_size: int = 8,
+    workers: int | None = None,
+) -> list[Row]:
+    model = model or bench_model()
+    workers = workers or min(4, os.cpu_count() or 1)
+    w, h = (int(v) for v in size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "images"
-        files = make_images(root, a.n, w, h)
-        variants = {
-            "plain loop, 1 image per call": lambda i: plain_loop(a.model, files),
-            "engine, thread decoders": lambda i: engine(
-                a.model, root, Path(tmp) / f"t{i}", "threads", a.batch_size, a.workers
-            ),
-            "engine, process decoders": lambda i: engine(
-                a.model, root, Path(tmp) / f"p{i}", "processes", a.batch_size, a.workers
-            ),
-        }
-        for fn in variants.values():  # warm-up: page cache, imports, onnxruntime kernels
-            fn(-1)
-        times: dict[str, list[float]] = {k: [] for k in variants}
-        for i in range(a.repeats):
-            for name, fn in variants.items():
-                times[name].append(fn(i))
-    print(
-        f"{a.n} images {w}x{h}, batch {a.batch_size}, {a.workers} decoders, "
-        f"{os.cpu_count()} CPUs, {a.repeats} repeats (median)"
-    )
-    base = statistics.median(times["plain loop, 1 image per call"])
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(f"  {name:32s} {a.n / med:8.1f} images/s   x{base / med:.2f}")
+        files = make_images(root, n, w, h)
+        runs = iter(range(10**6))
+        times = alternate(
+            {
+                "loop": lambda: plain_loop(model, files),
+                "threads": lambda: engine(
+                    model, root, Path(tmp) / f"t{next(runs)}", "threads", batch_size, workers
+                ),
+                "processes": lambda: engine(
+                    model, root, Path(tmp) / f"p{next(runs)}", "processes", batch_size, workers
+                ),
+            },
+            repeats,
+        )
+    loop = n / median(times["loop"])
+    rate = {k: n / median(v) for k, v in times.items()}
+    what = f"{n} PNGs {size}, batch {batch_size}, {workers} decoders"
+    return [
+        Row("batch job", "local engine, thread decoders", f"{rate['threads']:.2f} img/s",
+            f"plain loop {loop:.2f} img/s", rate["threads"] / loop, 1.5, note=what),
+        Row("batch job", "local engine, process decoders", f"{rate['processes']:.2f} img/s",
+            f"plain loop {loop:.2f} img/s", rate["processes"] / loop),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--size", default="512x512")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", type=int, default=None)
+    a = p.parse_args()
+    show(rows(a.model, a.n, a.size, a.repeats, a.batch_size, a.workers))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,50 @@
+"""The export's phase-space output stage (models/phase.py) computes what the trained
+generator computes, and its buffers give the original parameters back."""
+
+from __future__ import annotations
+
+import torch
+
+from models.config import ModelConfig
+from models.networks import BiGAN
+from models.phase import PhaseOutput, for_export, restore
+from models.scoring import AnomalyScorer
+
+
+def _scorer() -> AnomalyScorer:
+    torch.manual_seed(0)
+    bigan = BiGAN(ModelConfig(channels=4, latent_channels=3, depth=2, disc_channels=4))
+    for p in bigan.parameters():  # trained-looking, not initial, weights
+        p.data.normal_(0, 0.3)
+    return AnomalyScorer(bigan, r_scale=0.1, d_scale=0.2).eval()
+
+
+def test_phase_graph_matches_the_trained_one():
+    scorer = _scorer()
+    fast = for_export(scorer)
+    assert isinstance(fast.bigan.generator.net[-1], PhaseOutput)
+    for h, w in ((37, 50), (64, 64), (24, 30)):
+        x = torch.rand(2, 1, h, w)
+        with torch.no_grad():
+            ref = scorer(x, torch.tensor(0.3), torch.tensor(2.0))
+            out = fast(x, torch.tensor(0.3), torch.tensor(2.0))
+        for a, b in zip(ref, out, strict=True):
+            assert a.shape == b.shape
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    # the whole generator differs only on the ring the scorer crops away
+    z = torch.randn(1, 3, 6, 7)
+    with torch.no_grad():
+        g, f = scorer.bigan.generator(z), fast.bigan.generator(z)
+    torch.testing.assert_close(f[..., 1:-1, 1:-1], g[..., 1:-1, 1:-1], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(f, g)
+
+
+def test_restore_gives_the_original_parameters_back():
+    scorer = _scorer()
+    state = for_export(scorer).state_dict()
+    prefix = next(k for k in state if k.endswith("up_weight")).removesuffix("up_weight")
+    back = restore(dict(state), prefix)
+    original = scorer.state_dict()
+    assert sorted(back) == sorted(original)
+    for k, v in original.items():
+        assert torch.equal(back[k], v), k
