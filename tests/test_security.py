@@ -122,9 +122,10 @@ async def test_uploads_are_never_written_to_disk(tiny_model):
 
 
 def test_no_image_bytes_or_keys_in_the_log(tiny_model, tmp_path):
-    """A real server at DEBUG log level: keys (good, wrong, admin), image content and the
-    upload's bytes never reach its log."""
+    """A real server at DEBUG log level: keys (good, wrong, admin), the file name, image
+    content and the upload's bytes never reach its log."""
     key, admin, wrong = "api-KEY-4f1a9c", "admin-KEY-77e2b0", "wrong-KEY-d0d0d0"
+    name = "scan-NAME-91c4.png"
     info = PngImagePlugin.PngInfo()
     info.add_text("Comment", "IMAGE-TEXT-5b3e")
     pixels = (np.random.default_rng(1).random((96, 96)) * 255).astype(np.uint8)
@@ -137,13 +138,13 @@ def test_no_image_bytes_or_keys_in_the_log(tiny_model, tmp_path):
         post = lambda k, path="/v1/score", **kw: httpx.post(  # noqa: E731
             s.url + path, headers={"Authorization": f"Bearer {k}"}, timeout=60, **kw
         )
-        assert post(key, files={"file": ("scan.png", image)}).status_code == 200
-        assert post(key, files={"file": ("cut.png", image[:300])}).status_code == 422
-        assert post(wrong, files={"file": ("scan.png", image)}).status_code == 401
+        assert post(key, files={"file": (name, image)}).status_code == 200
+        assert post(key, files={"file": (name, image[:300])}).status_code == 422
+        assert post(wrong, files={"file": (name, image)}).status_code == 401
         assert post(admin, "/v1/admin/model", json={"path": "nope.onnx"}).status_code == 409
         log = s.text()
     assert "POST /v1/score 200" in log and "POST /v1/score 401" in log  # it did log them
-    for secret in (key, admin, wrong, "IMAGE-TEXT-5b3e"):
+    for secret in (key, admin, wrong, name, "IMAGE-TEXT-5b3e"):
         assert secret not in log, secret
     assert base64.b64encode(image[8:48]).decode()[:40] not in log
     raw = log.encode("latin-1", "replace")
