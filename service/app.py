@@ -21,6 +21,7 @@ from service import errors
 from service.deps import require_admin_key, require_api_key
 from service.inspector import Inspector
 from service.observability import Metrics, ObservabilityMiddleware, configure_logging
+from service.openapi import adjust_schema
 from service.routes import admin, ops, score, web
 from service.security import RateLimiter, SecurityHeadersMiddleware
 from service.settings import Settings
@@ -96,4 +97,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router, dependencies=[Depends(require_admin_key)])
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC), name="static")
+    adjust_schema(app, settings)
     return app

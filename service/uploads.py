@@ -174,8 +174,16 @@ def _too_large(limit: int, what: str) -> ApiError:
 
 
 def files_named(parts: list[Part], name: str, *, max_files: int) -> list[Part]:
-    """The file parts of field `name`: at least one, at most max_files."""
+    """The file parts of field `name`: at least one, at most max_files. A part without a
+    filename is a text field (RFC 7578), not a file: refused, never decoded as one."""
     files = [p for p in parts if p.name == name]
+    if any(p.filename is None for p in files):
+        raise ApiError(
+            400,
+            "missing_file",
+            f"form field '{name}' holds text, not a file (send it with a filename, "
+            f"e.g. curl -F {name}=@image.png)",
+        )
     if not files:
         got = sorted({p.name for p in parts})
         raise ApiError(

@@ -214,6 +214,9 @@ def hostile_requests() -> dict[str, RequestCase]:
         "no file field": R(mp, multipart(file_part(good, name="image")),
                            Expect(400, "missing_file")),
         "no fields at all": R(mp, multipart(), Expect(400, "missing_file")),
+        "file field without filename": R(mp, multipart(('Content-Disposition: form-data; '
+                                                        'name="file"', good)),
+                                         Expect(400, "missing_file")),
         "part without disposition": R(mp, multipart(("Content-Type: image/png", good)),
                                       Expect(400, "missing_file")),
         "duplicated file field": R(mp, multipart(file_part(good), file_part(good)),

@@ -39,7 +39,7 @@ ERRORS = {s: {"model": ErrorBody} for s in (400, 401, 408, 413, 415, 422, 429, 5
 
 def _form(field: str, many: bool) -> dict:
     binary = {"type": "string", "format": "binary"}
-    prop = {"type": "array", "items": binary} if many else binary
+    prop = {"type": "array", "items": binary, "minItems": 1} if many else binary
     schema = {"type": "object", "required": [field], "properties": {field: prop}}
     return {
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
