@@ -123,12 +123,13 @@ def test_rle_is_coco_column_major():
     np.testing.assert_array_equal(rle_decode(mask_rle(mask)), mask)
 
 
+# sigma 8.5: within the query bound, above the model's sigma_max of 8
 @pytest.mark.parametrize(
     "params",
     [{"alpha": 2}, {"alpha": -0.1}, {"alpha": "nan"}, {"pixel_threshold": "inf"},
      {"image_threshold": -1}, {"mask_format": "jpeg"}, {"heatmap": "maybe"}, {"sigma": 99},
      {"sigma": 8.5}, {"min_area": -3}, {"max_regions": -1}, {"unknown": 1}],
-)  # fmt: skip  (sigma 8.5: within the query bound, above the model's sigma_max of 8)
+)  # fmt: skip
 async def test_bad_parameters_are_422(client, params):
     assert_error(
         await client.post("/v1/score", files=FILE, params=params), 422, "invalid_parameter"
