@@ -157,8 +157,11 @@ class Inspector:
         """SIGHUP: reload the configured model path in the background (errors are logged)."""
 
         async def reload() -> None:
-            with contextlib.suppress(ApiError):  # swap() logged why
+            try:
                 await self.swap(self.settings.model)
+            except ApiError as e:  # a refused model is logged by swap()
+                if e.code == "swap_in_progress":
+                    log.warning("SIGHUP ignored: %s", e.message)
 
         task = asyncio.get_running_loop().create_task(reload(), name="reload-model")
         self._reloads.add(task)
