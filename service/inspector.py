@@ -87,6 +87,8 @@ class Inspector:
             threads=s.threads,
             batch_size=s.batch_size,
             tile=s.tile,
+            fixed_size=s.fixed_size,
+            trt_cache=s.trt_cache,
         )
         try:
             detector.warm_up()

@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     require_gpu: bool = Field(False, description="refuse to serve on the CPU")
     threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads")
     tile: int = Field(1536, ge=64, description="images larger than this on a side are tiled")
+    fixed_size: bool = Field(
+        False, description="all images share one size: cuDNN searches its fastest convolutions"
+    )
+    trt_cache: Path | None = Field(
+        None, description="folder (a volume) for TensorRT's built engines; with providers tensorrt"
+    )
     fail_on_bad_model: bool = Field(
         False, description="exit at startup if the model cannot be loaded (else /readyz is 503)"
     )
