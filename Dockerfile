@@ -27,25 +27,24 @@ ARG PIP_CERT
 ARG PIP_TRUSTED_HOST
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-# The dependencies first, from the `serve` extra of pyproject.toml (the one list of them),
-# with empty packages: this layer is reused until pyproject.toml changes.
-COPY pyproject.toml ./
+# The dependencies first, at the versions and hashes of requirements/serve.lock (`make lock`
+# compiles it from the `serve` extra): this layer is reused until the lock changes.
+COPY requirements/serve.lock requirements/
 RUN python3 -m venv /opt/venv \
-    && mkdir models training service && touch README.md \
-    && /opt/venv/bin/pip install '.[serve]' \
-    && /opt/venv/bin/pip uninstall -y nanoinspect
+    && /opt/venv/bin/pip install --require-hashes -r requirements/serve.lock
+# Then the code and the default model (package data of `models`), installed with its `serve`
+# extra: anything the extra needs and a stale lock lacks is still installed.
+COPY pyproject.toml README.md ./
+COPY models/ models/
+COPY training/ training/
+COPY service/ service/
+RUN /opt/venv/bin/pip install '.[serve]' \
+    && if /opt/venv/bin/python -c 'import torch' 2>/dev/null; then \
+        echo 'torch must not be in the serving image' >&2; exit 1; fi
 # CUDA 12 hosts: --build-arg ONNXRUNTIME_GPU=onnxruntime-gpu==1.26.0 (the last CUDA 12 build)
 # with a CUDA 12 BASE_IMAGE (pip then warns that it is below the CUDA 13 pin of pyproject.toml).
 ARG ONNXRUNTIME_GPU=
 RUN if [ -n "$ONNXRUNTIME_GPU" ]; then /opt/venv/bin/pip install "$ONNXRUNTIME_GPU"; fi
-# Then the code and the default model (package data of `models`).
-COPY README.md ./
-COPY models/ models/
-COPY training/ training/
-COPY service/ service/
-RUN /opt/venv/bin/pip install --no-deps . \
-    && if /opt/venv/bin/python -c 'import torch' 2>/dev/null; then \
-        echo 'torch must not be in the serving image' >&2; exit 1; fi
 
 FROM ${BASE_IMAGE}
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
