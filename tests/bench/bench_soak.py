@@ -3,7 +3,8 @@ time (and at most a fixed number of requests), honouring Retry-After like a poli
 while a sampler reads the queue depth from /metrics and the server's RSS from /proc. Prints
 requests/s, latency percentiles, the status histogram, the largest queue depth seen and the
 RSS before and after (after a warm-up run: onnxruntime's memory arena grows to the largest
-batch first). `make soak` runs it; tests/test_soak.py runs a short one.
+batch first), and images scored per second against the Detector alone on the same images.
+`make soak` runs it (also part of `make bench`); tests/test_soak.py runs a short one.
 
     python -m tests.bench.bench_soak [--model M] [--clients 64] [--seconds 60] [--size 256x256]
         [--queue-size 64] [--batch-size 8]
@@ -25,6 +26,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
@@ -39,9 +41,11 @@ class Report:
     latency: dict[int, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
     bad_503: int = 0  # 503 answers without Retry-After
     max_depth: float = 0.0
+    batches: list[float] = field(default_factory=list)  # inference calls, images in them
     rss_before: int = 0
     rss_after: int = 0
     rss_peak: int = 0  # VmHWM after the run: the process's peak so far
+    rss_trace: list[int] = field(default_factory=list)  # sampled during the run
 
     @property
     def rss_growth(self) -> int:
@@ -70,12 +74,18 @@ class Report:
                 f"status {status}          {n} ({n / self.answered:.1%}), p50 {p50:.0f} ms"
             )
         errors = ", ".join(f"{k} {v}" for k, v in self.errors.items()) or "none"
+        trace = self.rss_trace or [self.rss_after]
+        quarters = ", ".join(
+            f"{trace[min(len(trace) - 1, len(trace) * q // 4)] / MiB:.0f}" for q in (1, 2, 3, 4)
+        )
         lines += [
             f"transport errors    {errors}; 503 without Retry-After: {self.bad_503}",
-            f"queue depth         max {self.max_depth:.0f} seen on /metrics",
+            f"queue depth         max {self.max_depth:.0f} seen on /metrics; "
+            f"{self.batches[1] / max(self.batches[0], 1):.1f} images per inference call",
             f"server RSS          {self.rss_before / MiB:.0f} MiB before, "
             f"{self.rss_after / MiB:.0f} MiB after ({self.rss_growth / MiB:+.0f}), "
             f"peak {self.rss_peak / MiB:.0f} MiB",
+            f"RSS during the run  {quarters} MiB (at each quarter)",
         ]
         return "\n".join(lines)
 
@@ -87,11 +97,14 @@ def rss(pid: int, field_name: str = "VmRSS") -> int:
     return int(line.split()[1]) * 1024
 
 
-def queue_depth(metrics_text: str) -> float:
-    for line in metrics_text.splitlines():
-        if line.startswith("nanoinspect_queue_depth "):
-            return float(line.split()[-1])
-    raise KeyError("nanoinspect_queue_depth")
+def sample(metrics_text: str, name: str) -> float:
+    """A sample of the Prometheus exposition, summed over its label sets (0 if absent)."""
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(metrics_text)
+        for s in family.samples
+        if s.name == name
+    )
 
 
 async def soak(
@@ -135,14 +148,19 @@ async def soak(
         async def sampler() -> None:
             while True:
                 r = await http.get("/metrics")
-                report.max_depth = max(report.max_depth, queue_depth(r.text))
+                report.max_depth = max(report.max_depth, sample(r.text, "nanoinspect_queue_depth"))
+                report.rss_trace.append(rss(pid))
                 await asyncio.sleep(sample_every)
 
+        before = (await http.get("/metrics")).text
         sampling = asyncio.create_task(sampler())
         await asyncio.gather(*(client(i) for i in range(clients)))
         report.seconds = time.perf_counter() - start
         sampling.cancel()
-        report.max_depth = max(report.max_depth, queue_depth((await http.get("/metrics")).text))
+        after = (await http.get("/metrics")).text
+        report.max_depth = max(report.max_depth, sample(after, "nanoinspect_queue_depth"))
+        for name in ("nanoinspect_batch_size_count", "nanoinspect_batch_size_sum"):
+            report.batches.append(sample(after, name) - sample(before, name))
     report.rss_after, report.rss_peak = rss(pid), rss(pid, "VmHWM")
     return report
 
@@ -160,6 +178,26 @@ def make_images(n: int, width: int, height: int) -> list[bytes]:
     return out
 
 
+def detector_alone(model: Path, images: list[bytes], batch_size: int, seconds: float) -> float:
+    """Images/s of Detector.score on the same images in batches of batch_size, in this
+    process with the server's thread count: what the soak's scored/s is compared with
+    (measured before and after the soak: other jobs on a shared machine come and go)."""
+    from models.detector import Detector
+    from models.images import decode_image
+
+    threads = os.cpu_count() or 1
+    detector = Detector(model, providers=("cpu",), threads=threads, batch_size=batch_size)
+    pixels = [decode_image(data).pixels for data in images]
+    batches = [pixels[i : i + batch_size] for i in range(0, len(pixels), batch_size)]
+    detector.score(batches[0])  # warm-up
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        batch = batches[done // batch_size % len(batches)]
+        detector.score(batch)
+        done += len(batch)
+    return done / (time.perf_counter() - start)
+
+
 def main() -> None:
     from tests.test_service_support import serve
 
@@ -174,6 +212,7 @@ def main() -> None:
     args = p.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     images = make_images(16, width, height)
+    alone = [detector_alone(args.model, images, args.batch_size, seconds=10)]
     env = {
         "NANOINSPECT_QUEUE_SIZE": str(args.queue_size),
         "NANOINSPECT_BATCH_SIZE": str(args.batch_size),
@@ -194,7 +233,13 @@ def main() -> None:
         warm = asyncio.run(run(seconds=args.seconds / 6))  # onnxruntime's arena grows first
         print(f"warm-up: {warm.answered} answers in {warm.seconds:.1f} s, "
               f"RSS {warm.rss_before / MiB:.0f} -> {warm.rss_after / MiB:.0f} MiB")  # fmt: skip
-        print(asyncio.run(run(seconds=args.seconds)).table())
+        report = asyncio.run(run(seconds=args.seconds))
+        print(report.table())
+    alone.append(detector_alone(args.model, images, args.batch_size, seconds=10))
+    scored = report.statuses.get(200, 0) / report.seconds
+    print(f"Detector alone      {alone[0]:.1f} images/s before the server ran, {alone[1]:.1f} "
+          f"after (same images, batches of {args.batch_size}): served/alone "
+          f"{scored / statistics.mean(alone):.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
