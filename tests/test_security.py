@@ -71,7 +71,7 @@ async def test_rate_limit_per_key_is_429_with_retry_after(tiny_model):
         assert [(await c.get("/v1/model", headers=one)).status_code for _ in range(3)] == [200] * 3
         r = await c.post("/v1/score", files=FILE, headers=one)
         assert_error(r, 429, "rate_limited")
-        assert r.headers["retry-after"] == "5"  # 1 / 0.2 requests/s
+        assert 1 <= int(r.headers["retry-after"]) <= 5  # a token every 1 / 0.2 s
         assert (await c.get("/v1/model", headers=two)).status_code == 200  # its own bucket
         assert (await c.get("/healthz")).status_code == 200  # open paths are not limited
         assert_error(await c.get("/v1/model", headers={"X-API-Key": "bad"}), 401, "unauthorized")
