@@ -22,15 +22,20 @@ OUTPUTS = ("score_map", "score", "reconstruction", "d_map")
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian of a runtime sigma (a graph input), replicate-padded so any size
-    works. sigma -> 0 tends to the identity."""
+    """Separable Gaussian of a runtime sigma (a graph input), sigma -> 0 tends to the
+    identity. Normalised at the border (each output is a weighted mean over the pixels that
+    exist), so any size works and no border pixel is counted more than once: replicate
+    padding counted it up to half the kernel, making borders the maxima of normal images."""
     taps = torch.arange(-BLUR_RADIUS, BLUR_RADIUS + 1, dtype=x.dtype, device=x.device)
     s = sigma.to(x.dtype).clamp(min=1e-3).reshape(1)
     k = torch.exp(-(taps**2) / (2 * s**2))
     k = k / k.sum()
-    x = F.pad(x, (BLUR_RADIUS,) * 4, mode="replicate")
-    x = F.conv2d(x, k.view(1, 1, 1, -1))
-    return F.conv2d(x, k.view(1, 1, -1, 1))
+    row, col = k.view(1, 1, 1, -1), k.view(1, 1, -1, 1)
+    r = BLUR_RADIUS
+    x = F.conv2d(F.conv2d(x, row, padding=(0, r)), col, padding=(r, 0))
+    weight_w = F.conv2d(torch.ones_like(x[:1, :1, :1, :]), row, padding=(0, r))  # (1,1,1,W)
+    weight_h = F.conv2d(torch.ones_like(x[:1, :1, :, :1]), col, padding=(r, 0))  # (1,1,H,1)
+    return x / (weight_h * weight_w)
 
 
 class AnomalyScorer(nn.Module):

@@ -1,11 +1,13 @@
 """The networks and the in-graph scoring math."""
 
+import numpy as np
 import pytest
 import torch
+from scipy import ndimage as ndi
 
 from models.config import ModelConfig
 from models.networks import BiGAN
-from models.scoring import AnomalyScorer, gaussian_blur
+from models.scoring import BLUR_RADIUS, AnomalyScorer, gaussian_blur
 
 CFG = ModelConfig(channels=8, latent_channels=4, disc_channels=8)
 
@@ -50,6 +52,19 @@ def test_blur_is_normalised_and_tends_to_identity():
     assert not torch.allclose(blurred, x, atol=1e-3)
     const = torch.full((1, 1, 20, 20), 0.7)
     assert torch.allclose(gaussian_blur(const, torch.tensor(2.5)), const, atol=1e-6)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 4.0, 8.0])
+def test_blur_weighs_only_existing_pixels_at_the_border(sigma):
+    """A weighted mean over the pixels inside the image, as scipy computes it: a hot border
+    row is not replicated into the kernel's outside half (it made borders the maxima)."""
+    x = np.random.default_rng(0).random((70, 90)).astype(np.float32)
+    x[0] += 3.0
+    truncate = BLUR_RADIUS / sigma
+    expected = ndi.gaussian_filter(x, sigma, mode="constant", truncate=truncate)
+    expected /= ndi.gaussian_filter(np.ones_like(x), sigma, mode="constant", truncate=truncate)
+    got = gaussian_blur(torch.from_numpy(x)[None, None], torch.tensor(sigma))[0, 0].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_config_rejects_unknown_keys():
