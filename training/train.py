@@ -143,7 +143,8 @@ def train(
     sampler = PatchSampler(images, cfg.patch_size, seed, names=[str(s.path) for s in fit])
 
     torch.manual_seed(seed)
-    bigan = BiGAN(model_cfg).to(dev)
+    # channels-last: 1.4-1.75x the steps/s on a 2-core CPU (tests/bench/bench_train.py)
+    bigan = BiGAN(model_cfg).to(dev, memory_format=torch.channels_last)
     opt_d = torch.optim.Adam(bigan.discriminator.parameters(), cfg.lr, (cfg.beta1, cfg.beta2))
     eg_params = [*bigan.encoder.parameters(), *bigan.generator.parameters()]
     opt_eg = torch.optim.Adam(eg_params, cfg.lr, (cfg.beta1, cfg.beta2))
