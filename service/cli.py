@@ -255,8 +255,9 @@ def serve(
         server_header=False,
         timeout_graceful_shutdown=30,
         # h11, not httptools: httptools buffers request headers without limit (a 1 GB
-        # header line costs 1 GB); h11 answers 400 past this many bytes of headers
-        http="h11",
+        # header line costs 1 GB); h11 answers 400 past this many bytes of headers, and
+        # our subclass adds HEADER_TIMEOUT_S and JSON errors
+        http="service.protocol:H11Protocol",
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         timeout_keep_alive=5,
     )

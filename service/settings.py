@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     upload_timeout_s: float = Field(
         30.0, gt=0, description="a body not received within this gets 408 (slow or stalled)"
     )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="request line and headers not received within this: 408, closed"
+    )
 
     api_keys: CommaList = Field([], repr=False, description="accepted keys; empty: no auth")
     open_paths: CommaList = Field(

@@ -1,7 +1,8 @@
 """Hostile inputs against a real `nanoinspect serve` on loopback (issue 8, part 1): every file
 of tests/hostile_corpus.py and every malformed request gets the answer its case states (a
 JSON 4xx, or 200 for a valid image), never a 5xx; HTTP framing errors get 400 and a closed
-connection; slow and stalled uploads get 408 while /healthz keeps answering; concurrent large
+connection; slow and stalled uploads, and request heads never finished (slowloris), get 408
+while /healthz keeps answering; concurrent large
 bodies are held within the upload budget; the process's peak RSS stays bounded."""
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tests.hostile_corpus import (
 from tests.test_service_support import Server, defect_png, serve
 
 UPLOAD_TIMEOUT_S = 2
+HEADER_TIMEOUT_S = 2
 BUDGET = 100 << 20  # two 60 MB bodies cannot be received at once
 # over the RSS after startup: the budget's bodies, each copied once for decoding, and slack
 # for decoded pixels and Python's heap (measured: ~130 MiB; six 60 MB bodies at once, 720 MB)
@@ -46,6 +48,7 @@ def rss(server: Server, field: str = "VmRSS") -> int:
 def server(tiny_model, tmp_path_factory) -> Iterator[Server]:
     env = {
         "NANOINSPECT_UPLOAD_TIMEOUT_S": str(UPLOAD_TIMEOUT_S),
+        "NANOINSPECT_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
         "NANOINSPECT_UPLOAD_BUDGET_BYTES": str(BUDGET),
         "NANOINSPECT_LOG_FORMAT": "json",
     }
@@ -180,12 +183,13 @@ def test_batch_of_hostile_files_answers_each(server):
     ids=["bad length", "two lengths", "1 MB header", "100k headers", "1 MB URL", "TLS hello"],
 )  # fmt: skip
 def test_http_framing_errors_close_the_connection(server, head):
-    """Errors below the application (uvicorn's HTTP parser) are a plain-text 400 and a
-    closed connection: no request reaches the app, nothing is buffered past 32 KiB. The
-    server may cut the connection while a long head is still being sent (a reset)."""
+    """Errors below the application (the HTTP parser) are a JSON 400 and a closed
+    connection: no request reaches the app, nothing is buffered past 32 KiB. The server may
+    cut the connection while a long head is still being sent (a reset)."""
     with contextlib.suppress(ConnectionResetError):
         reply = exchange(server, head)
-        assert reply.status == 400 and reply.headers["connection"] == "close"
+        assert (reply.status, reply.json_error()) == (400, "bad_request")
+        assert reply.headers["connection"] == "close"
     assert httpx.get(server.url + "/healthz").status_code == 200
 
 
@@ -218,6 +222,39 @@ def test_slow_uploads_get_408_while_health_answers(server):
     for name, reply in replies.items():
         assert (reply.status, reply.json_error()) == (408, "upload_timeout"), name
         assert reply.headers["connection"] == "close", name
+
+
+def test_unfinished_request_heads_are_cut_off(server):
+    """Slowloris: a head dripped one header line at a time, on a new connection and after a
+    completed request on a kept-alive one, gets 408 once HEADER_TIMEOUT_S has passed since
+    it began (the drip does not extend it); a connection that sends nothing is closed
+    without an answer. /healthz answers meanwhile. A hang fails on the socket timeout."""
+
+    def drip(sock: socket.socket) -> Reply:
+        def send() -> None:
+            with contextlib.suppress(OSError):
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+                for i in range(100):
+                    time.sleep(0.25)
+                    sock.sendall(f"X-{i}: y\r\n".encode())
+
+        threading.Thread(target=send, daemon=True).start()
+        return read_reply(sock)
+
+    with (
+        open_socket(server, 20) as fresh,
+        open_socket(server, 20) as kept,
+        open_socket(server, 20) as silent,
+    ):
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_reply(kept).status == 200
+        with ThreadPoolExecutor(2) as pool:
+            replies = list(pool.map(drip, [fresh, kept]))
+            assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200
+        assert silent.recv(1) == b""  # closed, no bytes
+    for reply in replies:
+        assert (reply.status, reply.json_error()) == (408, "header_timeout")
+        assert reply.headers["connection"] == "close"
 
 
 def test_client_gone_mid_upload(server):
