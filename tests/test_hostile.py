@@ -211,14 +211,13 @@ def test_slow_uploads_get_408_while_health_answers(server):
         ),
     }  # fmt: skip
     with ThreadPoolExecutor(len(slow)) as pool:
-        started = time.monotonic()
         pending = {name: pool.submit(fn) for name, fn in slow.items()}
         time.sleep(0.5)
         assert not any(f.done() for f in pending.values())  # all three are still open
         assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200
         assert post(server, body).status == 200  # and real work goes on beside them
+        # cut off, not held forever: a hang fails on the result's timeout
         replies = {name: f.result(timeout=UPLOAD_TIMEOUT_S + 20) for name, f in pending.items()}
-    assert time.monotonic() - started < UPLOAD_TIMEOUT_S + 20  # cut off, not held forever
     for name, reply in replies.items():
         assert (reply.status, reply.json_error()) == (408, "upload_timeout"), name
         assert reply.headers["connection"] == "close", name
