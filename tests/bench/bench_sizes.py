@@ -1,9 +1,9 @@
-"""Quality against cost for model widths (ModelConfig.channels 8, 16, 32 = the default):
+"""Quality against cost for model widths (ModelConfig.channels 8, 16 = the default, 32):
 FLOPs per megapixel (torch's counter) and images/s of the exported graph on onnxruntime
 (1024x704, batch 1, alternating) are measured here; speed does not depend on the weights, so
 each width runs a freshly initialised export. Pixel AUROC and AUPRO are the ones recorded
-in tests/bench/sizes.json: the shipped default model's test metrics and brief training runs
-of the smaller widths with the same recipe (their steps are stated: they are not equals).
+in tests/bench/sizes.json: the test metrics of runs of the default-model recipe at each
+width (their steps are stated: they are not all equals).
 
     python -m tests.bench.bench_sizes [--repeats 3]
 """
@@ -69,7 +69,7 @@ def rows(repeats: int = 3) -> list[Row]:
         out.append(
             Row(
                 "sizes",
-                f"channels {c}" + (" (default)" if c == 32 else ""),
+                f"channels {c}" + (" (default)" if c == meta.model_config["channels"] else ""),
                 f"AUROC {q['pixel_auroc']:.3f}, AUPRO {q['aupro']:.3f}",
                 f"{flops[c] / 1e9:.0f} GFLOP/MP, {ips:.2f} img/s",
                 None,
