@@ -14,6 +14,7 @@ from http import HTTPStatus
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol as UvicornH11Protocol
 
+from service.errors import ApiError
 from service.settings import Settings
 
 
@@ -71,7 +72,7 @@ class H11Protocol(UvicornH11Protocol):
     def _send_error(self, status: int, code: str, message: str) -> None:
         """Written raw, below h11's state machine: no request may exist to answer, and the
         connection is closed right after."""
-        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        body = json.dumps(ApiError(status, code, message).body()).encode()
         head = (
             f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
             f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
