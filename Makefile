@@ -45,6 +45,24 @@ bench: $(VENV)/.installed
 soak: $(VENV)/.installed
 	$(BIN)/python -m tests.bench.bench_soak
 
+# The synthetic domain matrix (training/quality.py): per domain, synth normals and a labelled
+# test set at 1024x704, train with the default recipe and budget, export label-free, evaluate;
+# writes quality/matrix.md and .json. ARGS, e.g. ARGS="--domains classic --max-minutes 3
+# --n-train 30": --domains a,b --size WxH --n-train --n-test-good --n-test-per-defect
+# --max-minutes --max-steps --work DIR --out DIR. A benchmark (README: Quality), no asserts.
+quality: $(VENV)/.installed
+	$(BIN)/python -m training.quality matrix $(ARGS)
+
+# The real PAN nanofibre SEM set: DATA is its folder or a bare git mirror of
+# github.com/cagriyardimci/Nanofiber_SEM_Dataset. ARGS: --dev (train and test inside
+# TrainingDataset, split by source image) --max-minutes --max-steps --n-train --n-test
+# --work DIR --out DIR. Writes quality/real.md and .json (real-dev with --dev).
+quality-real: $(VENV)/.installed
+	$(if $(DATA),,$(error make quality-real needs DATA=DIR: the PAN set's folder or its bare git mirror))
+	$(BIN)/python -m training.quality real "$(DATA)" $(ARGS)
+
+.PHONY: quality quality-real
+
 lint: $(VENV)/.installed audit
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
