@@ -29,6 +29,7 @@ from training.quality_run import (
     run_step,
     stamp,
     table,
+    trained_steps,
     unit,
     write_record,
 )
@@ -114,10 +115,16 @@ def run_domain(name: str, work: Path, settings: dict, train_flags: list[str]) ->
         t: {k: unit(v.get(k)) for k in ("pixel_auroc", "aupro", "image_auroc")}
         for t, v in m.get("per_type", {}).items()
     }
-    row |= {"train_seconds": round(train_s, 1), "images_per_s": round(speed["images_per_s"], 2)}
+    row |= {"train_seconds": round(train_s, 1), "train_steps": trained_steps(logs / "train.log")}
+    row["images_per_s"] = round(speed["images_per_s"], 2)
     row["speed"] = speed | {"what": "Detector.score on the test images after evaluate"}
     row["model"] = m.get("model")
     return row
+
+
+def _train_text(row: dict) -> str:
+    steps = row.get("train_steps")
+    return duration(row["train_seconds"]) + ("" if steps is None else f", {steps} steps")
 
 
 def _settings_text(s: dict) -> str:
@@ -144,7 +151,7 @@ def matrix_markdown(rows: dict[str, dict], summaries: dict[str, str]) -> str:
             [
                 name,
                 *(fmt(row[k]) for k, _ in METRICS),
-                duration(row["train_seconds"]),
+                _train_text(row),
                 f"{row['images_per_s']:.2f}",
                 row["budget"],
                 _settings_text(row["settings"]),
@@ -157,7 +164,7 @@ def matrix_markdown(rows: dict[str, dict], summaries: dict[str, str]) -> str:
             for k in kinds
         ]
         types.append([name, *cells])
-    header = ["domain", *(c for _, c in METRICS), "train time", "images/s", "budget"]
+    header = ["domain", *(c for _, c in METRICS), "train", "images/s", "budget"]
     header += ["data", "code"]
     parts = [table(header, main)]
     if types:
@@ -169,10 +176,11 @@ def matrix_markdown(rows: dict[str, dict], summaries: dict[str, str]) -> str:
 ABOUT = (
     "Per domain: train on normals drawn by `nanoinspect synth --domain D --seed 0`, "
     "`nanoinspect export` with no labelled data (calibrated on the run's held-out normals), "
-    "`nanoinspect evaluate` on a labelled test set drawn with `--seed 1`. train time: wall "
-    "clock of `nanoinspect train`. images/s: `Detector.score` (batches of 8, masks and "
-    "regions included, decoding excluded) on the test images, measured after evaluate. "
-    "code: the commit measured (+dirty: models/, training/ or service/ had uncommitted edits)."
+    "`nanoinspect evaluate` on a labelled test set drawn with `--seed 1`. train: wall clock "
+    "of `nanoinspect train`, and the steps it reached. images/s: `Detector.score` (batches "
+    "of 8, masks and regions included, decoding excluded) on the test images, measured after "
+    "evaluate. code: the commit measured (+dirty: models/, training/ or service/ had "
+    "uncommitted edits)."
 )
 
 

@@ -26,6 +26,7 @@ from training.quality_run import (
     run_step,
     stamp,
     table,
+    trained_steps,
     unit,
     write_record,
 )
@@ -192,6 +193,7 @@ def run_real(
         "test_images": {k: len(v) for k, v in s.test.items()},
         "held_out_sources": s.held_out,
         "train_seconds": round(train_s, 1),
+        "train_steps": trained_steps(logs / "train.log"),
         "budget": budget_text(max_minutes, max_steps),
         "n_train": n_train,
         "n_test": n_test,
@@ -207,11 +209,13 @@ def real_markdown(r: dict) -> str:
     t = r["test_images"]
     header = ["set", "Defective vs Non", "Slightly vs Non", "all defects vs Non"]
     header += ["train normals (sources)", "test normal / slightly / defective"]
-    header += ["train time", "budget", "code"]
+    header += ["train", "budget", "code"]
     row = [r["set"], fmt(r["defective_vs_non"]), fmt(r["slightly_vs_non"])]
     row += [fmt(r["image_auroc_all"]), f"{r['train_images']} ({r['train_sources']})"]
     row += [f"{t['good']} / {t['slightly_defective']} / {t['defective']}"]
-    row += [duration(r["train_seconds"]), r["budget"], f"`{r['code']}`"]
+    steps = r.get("train_steps")
+    trained = duration(r["train_seconds"]) + ("" if steps is None else f", {steps} steps")
+    row += [trained, r["budget"], f"`{r['code']}`"]
     note = (
         "Image AUROC of the model's image score; trained on NonDefective images only, "
         "exported with no labelled data (calibrated on the run's held-out normals)."

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,12 @@ def run_step(args: Sequence[str], log: Path, *, echo: bool = True) -> float:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         raise StepFailed(f"`{shown}` exited {done.returncode} (log {log}):\n{tail}", str(args[0]))
     return seconds
+
+
+def trained_steps(log: Path) -> int | None:
+    """Steps the run reached, from the checkpoint `nanoinspect train` last names in LOG."""
+    found = re.findall(r"step_(\d+)\.pt", log.read_text(errors="replace"))
+    return int(found[-1]) if found else None
 
 
 def code_version() -> str:
