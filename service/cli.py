@@ -45,7 +45,7 @@ def _size(text: str) -> tuple[int, int]:
 @app.command()
 @one_line_errors
 def synth(
-    out: Path,
+    out: Annotated[Path | None, typer.Argument(help="folder to write")] = None,
     n_train: int = 200,
     n_test_good: int = 20,
     n_test_per_defect: int = 10,
@@ -53,8 +53,28 @@ def synth(
     seed: int = 0,
     banner: Annotated[bool, typer.Option(help="draw an SEM info banner at the bottom")] = False,
     sheet: Annotated[bool, typer.Option(help="also write OUT/contact_sheet.png")] = True,
+    domain: Annotated[
+        str | None, typer.Option(help="the look of the mats (default classic); see --list-domains")
+    ] = None,
+    defects: Annotated[
+        str | None, typer.Option(help="comma-separated defect types (default: the domain's)")
+    ] = None,
+    list_domains: Annotated[
+        bool, typer.Option("--list-domains", help="print the domains, one line each, and exit")
+    ] = False,
 ):
     """Draw a synthetic SEM nanofibre data set with defects (MVTec AD layout)."""
+    from models.errors import DataError
+    from training.domains import DEFAULT_DOMAIN, DOMAINS, get_domain
+
+    if list_domains:
+        wide = max(map(len, DOMAINS))
+        for d in DOMAINS.values():
+            typer.echo(f"{d.name:<{wide}}  {d.summary}")
+        return
+    dom = get_domain(domain or DEFAULT_DOMAIN)  # an unknown name fails before any work
+    if out is None:
+        raise DataError("missing OUT, the folder to write (or use --list-domains)")
     from training.synth import contact_sheet, write_dataset
 
     counts = write_dataset(
@@ -65,6 +85,8 @@ def synth(
         size=_size(size),
         seed=seed,
         banner=banner,
+        defects=[d.strip() for d in defects.split(",")] if defects else None,
+        domain=dom,
     )
     if sheet:
         contact_sheet(out, out / "contact_sheet.png")
