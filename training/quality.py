@@ -184,6 +184,17 @@ ABOUT = (
 )
 
 
+def _save_matrix(out: Path, rows: dict[str, dict], known: dict[str, str]) -> dict:
+    """Write OUT/matrix.md and .json: ROWS, and the previous record's other domains."""
+    previous = {}
+    if (out / "matrix.json").is_file():
+        previous = json.loads((out / "matrix.json").read_text()).get("domains", {})
+    merged = {n: rows.get(n) or previous[n] for n in known if n in rows or n in previous}
+    text = f"# Domain matrix\n\n{ABOUT}\n\n" + matrix_markdown(merged, known)
+    write_record(out, "matrix", {"about": ABOUT, "domains": merged}, text)
+    return merged
+
+
 def _size(text: str) -> str:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
@@ -220,10 +231,8 @@ def matrix(
         "n_test_per_defect": n_test_per_defect,
     }
     flags = budget_args(max_minutes, max_steps)
-    previous = {}
-    if (out / "matrix.json").is_file():
-        previous = json.loads((out / "matrix.json").read_text()).get("domains", {})
     rows: dict[str, dict] = {}
+    merged: dict[str, dict] = {}
     for name in names:
         print(f"[{name}] {known[name]}", flush=True)
         base = {"budget": budget_text(max_minutes, max_steps), "settings": settings} | stamp()
@@ -232,11 +241,7 @@ def matrix(
         except StepFailed as e:
             print(f"[{name}] FAILED: {e}", file=sys.stderr, flush=True)
             rows[name] = base | {"error": str(e), "failed_step": e.step}
-    merged = {n: rows.get(n) or previous[n] for n in known if n in rows or n in previous}
-    record = {"about": ABOUT, "domains": merged}
-    write_record(
-        out, "matrix", record, f"# Domain matrix\n\n{ABOUT}\n\n" + matrix_markdown(merged, known)
-    )
+        merged = _save_matrix(out, rows, known)  # after each domain: a killed run keeps them
     print("\n" + matrix_markdown(rows, known))
     print(f"\nwrote {out / 'matrix.md'} and {out / 'matrix.json'} ({len(merged)} domains)")
     if any("error" in r for r in rows.values()):
