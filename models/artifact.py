@@ -4,15 +4,15 @@ artifact this code does not understand. Torch-free: the service reads it."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from models.errors import ArtifactError
 
 FORMAT = "nanoinspect-bigan"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the feature-likelihood and local-statistics terms, term weights
 INPUTS = ("image", "alpha", "sigma")
-OUTPUTS = ("score_map", "score", "reconstruction", "d_map")
+OUTPUTS = ("score_map", "score", "reconstruction", "d_map", "f_map", "t_map")
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,13 @@ class ArtifactMeta:
     stride: int  # E's downsampling factor; images are reflect-padded to a multiple
     r_scale: float  # mean |G(E(s)) - s| on held-out normal images (divided out in the graph)
     d_scale: float  # mean (D~ - 1)^2 on held-out normal images (divided out in the graph)
+    f_scale: float  # mean feature Mahalanobis^2 on held-out normals (divided out in the graph)
+    t_scale: float  # mean local-statistics Mahalanobis^2 on held-out normals (likewise)
+    term_weights: list[float]  # (w_0, w_f, w_t): the BiGAN term, feature and statistics terms
     model_config: dict[str, Any]
     train_config: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)  # how the numbers above were set
+    fibre_scale: float = 0.0  # models.scale of the training images; inputs are zoomed to it
     data_digest: str = ""  # sha256 of the training images
     code_version: str = ""
     created: str = ""
@@ -38,7 +42,8 @@ class ArtifactMeta:
 
     def to_props(self) -> dict[str, str]:
         return {
-            k: json.dumps(v) if isinstance(v, dict) else str(v) for k, v in asdict(self).items()
+            k: json.dumps(v) if isinstance(v, dict | list) else str(v)
+            for k, v in asdict(self).items()
         }
 
     @classmethod
@@ -50,17 +55,23 @@ class ArtifactMeta:
             raise ArtifactError(
                 f"{source}: model format version {version}, this code reads {FORMAT_VERSION}"
             )
-        missing = [f.name for f in fields(cls) if f.name not in props]
+        missing = [
+            f.name
+            for f in fields(cls)
+            if f.name not in props and f.default is MISSING and f.default_factory is MISSING
+        ]
         if missing:
             raise ArtifactError(f"{source}: metadata lacks {', '.join(missing)}")
         values: dict[str, Any] = {}
         try:
             for f in fields(cls):
+                if f.name not in props:
+                    continue  # an optional field: its default
                 raw = props[f.name]
                 kind = str(f.type)
                 values[f.name] = (
                     json.loads(raw)
-                    if kind.startswith("dict")
+                    if kind.startswith(("dict", "list"))
                     else int(raw)
                     if kind == "int"
                     else float(raw)

@@ -19,6 +19,7 @@ import numpy as np
 from models.artifact import INPUTS, OUTPUTS, ArtifactMeta
 from models.errors import ArtifactError, ImageError, NanoinspectError
 from models.regions import Region, segment
+from models.scale import resample, to_scale
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ MIN_SIDE = 24  # the graph reflects 16 px of context (+ stride padding) around a
 
 @dataclass(frozen=True)
 class Result:
-    score: float
+    score: float  # the formula's image value: alpha mean(d) + (1 - alpha) RMS(r)
+    decision: float  # the image decision score: the maximum of the score map, against tau
     is_anomalous: bool
     score_map: np.ndarray  # float32 (H, W)
     mask: np.ndarray  # bool (H, W): Omega
@@ -45,6 +47,7 @@ class Result:
     pixel_threshold: float
     min_area: int
     tiles: int  # 1 when scored in one pass
+    zoom: float = 1.0  # the image was scored zoomed by this to the training fibre scale
 
     @property
     def anomalous_area_fraction(self) -> float:
@@ -60,19 +63,24 @@ def file_sha256(path: Path) -> str:
 
 
 def tile_spans(
-    length: int, tile: int, halo: int, used: int | None = None
+    length: int, tile: int, halo: int, used: int | None = None, align: int = 1
 ) -> list[tuple[int, int, int, int]]:
-    """Cover [0, length) with equal tiles overlapping by >= 2*halo.
+    """Cover [0, length) with tiles of `tile` (the last up to align - 1 wider) overlapping
+    by >= 2*halo - align.
 
     Returns (start, stop, core_start, core_stop): each pixel belongs to exactly one core,
-    which lies at least `halo` away from its tile's inner edges. With `used`, a single tile
-    keeps only [0, used) as its core (the rest is mirrored padding)."""
+    which lies at least `halo` - align away from its tile's inner edges. Starts are
+    multiples of `align` (the model's stride), so every tile sees the latent grid where the
+    whole image would: the grid-based terms then agree across tiles. With `used`, a single
+    tile keeps only [0, used) as its core (the rest is mirrored padding)."""
     if length <= tile:
         return [(0, length, 0, length if used is None else used)]
     n = math.ceil((length - 2 * halo) / (tile - 2 * halo))
     starts = [round(i * (length - tile) / (n - 1)) for i in range(n)]
-    bounds = [0] + [(starts[i + 1] + starts[i] + tile) // 2 for i in range(n - 1)] + [length]
-    return [(s, s + tile, bounds[i], bounds[i + 1]) for i, s in enumerate(starts)]
+    starts = [s - s % align for s in starts]
+    stops = [min(s + tile, length) for s in starts[:-1]] + [length]  # last: up to align-1 wider
+    bounds = [0] + [(starts[i + 1] + stops[i]) // 2 for i in range(n - 1)] + [length]
+    return [(s, stops[i], bounds[i], bounds[i + 1]) for i, s in enumerate(starts)]
 
 
 def provider_options(provider: str, fixed_size: bool, trt_cache: str | Path | None) -> dict:
@@ -222,6 +230,9 @@ class Detector:
                     f"images must be 2-D and at least {MIN_IMAGE_SIDE} px a side, got {img.shape}"
                 )
 
+        originals = images
+        zoomed = [to_scale(img, m.fibre_scale) for img in images]
+        images = [img for img, _ in zoomed]
         maps: list[tuple[np.ndarray, float, int] | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(images):
@@ -238,13 +249,29 @@ class Detector:
                     maps[i] = (out["score_map"][j, 0], float(out["score"][j]), 1)
 
         results = []
-        for entry in maps:
+        for entry, original, (_, zoom) in zip(maps, originals, zoomed, strict=True):
             assert entry is not None
             smap, score, tiles = entry
+            if zoom != 1.0:
+                smap = resample(smap, original.shape)
             mask, regions = segment(smap, gamma, area)
+            # a defect covers 0.1-5 % of an image: the map's peak ranks images, its mean cannot
+            decision = float(smap.max())
             results.append(
                 Result(
-                    score, score > tau, smap, mask, regions, alpha, sigma, tau, gamma, area, tiles
+                    score,
+                    decision,
+                    decision > tau,
+                    smap,
+                    mask,
+                    regions,
+                    alpha,
+                    sigma,
+                    tau,
+                    gamma,
+                    area,
+                    tiles,
+                    zoom,
                 )
             )
         return results
@@ -260,12 +287,12 @@ class Detector:
         padded = np.pad(image, ((0, max(MIN_SIDE - h, 0)), (0, max(MIN_SIDE - w, 0))), "symmetric")
         spans = [
             (ys, xs)
-            for ys in tile_spans(padded.shape[0], self.tile, self.halo, h)
-            for xs in tile_spans(padded.shape[1], self.tile, self.halo, w)
+            for ys in tile_spans(padded.shape[0], self.tile, self.halo, h, self.meta.stride)
+            for xs in tile_spans(padded.shape[1], self.tile, self.halo, w, self.meta.stride)
         ]
         for (y0, y1, cy0, cy1), (x0, x1, cx0, cx1) in spans:
             tile = padded[y0:y1, x0:x1]
-            out = self.run(tile[None, None], alpha, sigma)
+            out = self.run(tile[None, None], alpha, sigma, ("score_map", "reconstruction", "d_map"))
             core = (slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0))
             smap[cy0:cy1, cx0:cx1] = out["score_map"][0, 0][core]
             r = np.abs(out["reconstruction"][0, 0][core] - tile[core]) / self.meta.r_scale

@@ -1,10 +1,18 @@
 """The scoring math of DESIGN.md as one torch module: exported as the ONNX graph, so the
-torch path, REST, batch and Triton all compute the same numbers.
+torch path, REST and batch all compute the same numbers.
 
     r(c) = |G(E(s))(c) - s(c)| / r_scale
     d(c) = (D~(s, E(s))(c) - 1)^2 / d_scale       D~: D's map upsampled to H x W
-    a(c) = Gaussian_sigma * [alpha d(c) + (1 - alpha) r(c)]
+    f(c) = Mahalanobis^2 of [E(s), D's image features](c) under a Gaussian of normal
+           features, / f_scale                     (the likelihood of the latent code)
+    t(c) = Mahalanobis^2 of local mean and contrast at three window sizes, / t_scale
+    a(c) = Gaussian_sigma * [w_0 (alpha d + (1 - alpha) r) + w_f f + w_t t]
     A(s) = alpha mean(d) + (1 - alpha) RMS(r)
+
+Each term averages 1 on held-out normal images; the weights w are chosen by calibration
+(the self-check), alpha and sigma are graph inputs. f and t are what make the map rank
+defects above normal texture on mats the networks only partly learned: beads, clumps and
+particles move the learned features, films and charging move the local statistics.
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ from models.networks import BiGAN
 MARGIN = 16  # reflected context around the image: the convs' zero padding falls outside it
 BLUR_RADIUS = 32  # fixed kernel half-width of the in-graph Gaussian: sigma is usable up to 8
 SIGMA_MAX = BLUR_RADIUS / 4
-OUTPUTS = ("score_map", "score", "reconstruction", "d_map")
+STAT_WINDOWS = (8, 24, 40)  # local mean and contrast over these squares, on the stride grid
+OUTPUTS = ("score_map", "score", "reconstruction", "d_map", "f_map", "t_map")
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -38,32 +47,121 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return x / (weight_h * weight_w)
 
 
+def local_stats(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """(N, 1, H, W) -> (N, 6, H/stride, W/stride): mean and standard deviation of the
+    image over squares of STAT_WINDOWS px centred on each cell of the latent grid."""
+    out = []
+    for k in STAT_WINDOWS:
+        pad = (k - stride) // 2
+        mean = F.avg_pool2d(x, k, stride, pad, count_include_pad=False)
+        square = F.avg_pool2d(x * x, k, stride, pad, count_include_pad=False)
+        out += [mean, (square - mean * mean).clamp(min=0).sqrt()]
+    return torch.cat(out, dim=1)
+
+
+class Whitened(nn.Module):
+    """Squared Mahalanobis distance of feature vectors to a Gaussian, as a 1x1 conv
+    (weight L^T, bias -L^T mu, with L L^T the precision) and a sum of squares. All zero
+    until `fit`: an unfitted term contributes nothing."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(channels, channels, 1, 1))
+        self.register_buffer("bias", torch.zeros(channels))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(feats, self.weight, self.bias).pow(2).sum(dim=1, keepdim=True)
+
+    @torch.no_grad()
+    def fit(self, samples: torch.Tensor, shrink: float = 1e-3) -> None:
+        """samples (M, C): mean, and covariance shrunk towards its mean variance so rare
+        directions of a small sample are not trusted blindly."""
+        x = samples.double()
+        x = x[torch.isfinite(x).all(dim=1)]  # a diverging network's cells carry no information
+        if x.shape[0] < 2:
+            return  # nothing to fit: the term stays as it was
+        mu, cov = x.mean(0), torch.cov(x.T)
+        eye = torch.eye(cov.shape[0], dtype=cov.dtype)
+        cov = cov + shrink * cov.diagonal().mean().clamp(min=1e-12) * eye
+        lower = torch.linalg.cholesky(torch.linalg.inv(cov))  # precision = L L^T
+        self.weight.copy_(lower.T[:, :, None, None].float())
+        self.bias.copy_(-(mu @ lower).float())
+
+
 class AnomalyScorer(nn.Module):
-    """image (N, 1, H, W) in [0, 1], alpha (), sigma () -> the four OUTPUTS."""
+    """image (N, 1, H, W) in [0, 1], alpha (), sigma () -> the OUTPUTS."""
 
     def __init__(self, bigan: BiGAN, r_scale: float = 1.0, d_scale: float = 1.0):
         super().__init__()
         self.bigan = bigan
         self.stride = bigan.cfg.stride
+        width = bigan.discriminator.image[-2].out_channels
+        self.features = Whitened(bigan.cfg.latent_channels + width)
+        self.stats = Whitened(2 * len(STAT_WINDOWS))
         self.register_buffer("r_scale", torch.tensor(float(r_scale)))
         self.register_buffer("d_scale", torch.tensor(float(d_scale)))
+        self.register_buffer("f_scale", torch.tensor(1.0))
+        self.register_buffer("t_scale", torch.tensor(1.0))
+        self.register_buffer("weights", torch.tensor([1.0, 0.0, 0.0]))  # w_0, w_f, w_t
 
-    def terms(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Calibrated d and r maps (N, 1, H, W) and the reconstruction (N, 1, H, W)."""
+    def _pad(self, image: torch.Tensor) -> torch.Tensor:
         h, w = image.shape[-2:]
         m, s = MARGIN, self.stride
-        x = F.pad(image, (m, m + (-(w + 2 * m)) % s, m, m + (-(h + 2 * m)) % s), mode="reflect")
+        return F.pad(image, (m, m + (-(w + 2 * m)) % s, m, m + (-(h + 2 * m)) % s), mode="reflect")
+
+    def descriptors(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """On the latent grid of the padded image: z = E(s), D's map, the learned features
+        [z, D's image features] and the local statistics."""
+        x = self._pad(image)
         z = self.bigan.encoder(x)  # (N, C_z, H'/s, W'/s), H' = H + 2m rounded up to s
+        disc = self.bigan.discriminator
+        seen = disc.image(x)
+        dmap = disc.joint(torch.cat([seen, disc.latent(z)], dim=1))  # (N, 1, H'/s, W'/s)
+        return x, z, dmap, torch.cat([z, seen], dim=1), local_stats(x, self.stride)
+
+    def _full(self, grid: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        m = MARGIN
+        return F.interpolate(grid, scale_factor=self.stride, mode="bilinear")[
+            ..., m : m + h, m : m + w
+        ]
+
+    def terms(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Calibrated d, r, f and t maps (N, 1, H, W) and the reconstruction (N, 1, H, W)."""
+        h, w = image.shape[-2:]
+        m = MARGIN
+        _, z, dmap, feats, stats = self.descriptors(image)
         recon = self.bigan.generator(z)[..., m : m + h, m : m + w]
-        dmap = self.bigan.discriminator(x, z)  # (N, 1, H'/s, W'/s)
-        dmap = F.interpolate(dmap, scale_factor=s, mode="bilinear")[..., m : m + h, m : m + w]
-        d = (dmap - 1) ** 2 / self.d_scale
+        d = self._full((dmap - 1) ** 2, h, w) / self.d_scale
         r = (recon - image).abs() / self.r_scale
-        return d, r, recon
+        f = self._full(self.features(feats), h, w) / self.f_scale
+        t = self._full(self.stats(stats), h, w) / self.t_scale
+        return d, r, f, t, recon
 
     def forward(self, image: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor):
-        d, r, recon = self.terms(image)
+        d, r, f, t, recon = self.terms(image)
         alpha = alpha.to(image.dtype).reshape(1)
-        score_map = gaussian_blur(alpha * d + (1 - alpha) * r, sigma)
+        w = self.weights
+        mixed = w[0] * (alpha * d + (1 - alpha) * r) + w[1] * f + w[2] * t
+        score_map = gaussian_blur(mixed, sigma)
         score = alpha * d.mean(dim=(1, 2, 3)) + (1 - alpha) * r.pow(2).mean(dim=(1, 2, 3)).sqrt()
-        return score_map, score, recon, d
+        return score_map, score, recon, d, f, t
+
+
+@torch.no_grad()
+def fit_normal(scorer: AnomalyScorer, images: list[torch.Tensor], max_cells: int = 200_000) -> None:
+    """Fit the two Gaussians of f and t on normal images (each (1, 1, H, W)), using the
+    latent-grid cells that lie inside each image (not its reflected margin)."""
+    feats, stats = [], []
+    lo = MARGIN // scorer.stride
+    for image in images:
+        h, w = image.shape[-2:]
+        _, _, _, f, t = scorer.descriptors(image)
+        keep = (..., slice(lo, lo + -(-h // scorer.stride)), slice(lo, lo + -(-w // scorer.stride)))
+        feats.append(f[keep].flatten(2).transpose(1, 2).reshape(-1, f.shape[1]))
+        stats.append(t[keep].flatten(2).transpose(1, 2).reshape(-1, t.shape[1]))
+    f_all, t_all = torch.cat(feats), torch.cat(stats)
+    if f_all.shape[0] > max_cells:
+        pick = torch.randperm(f_all.shape[0], generator=torch.Generator().manual_seed(0))
+        f_all, t_all = f_all[pick[:max_cells]], t_all[pick[:max_cells]]
+    scorer.features.fit(f_all)
+    scorer.stats.fit(t_all)

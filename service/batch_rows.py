@@ -71,6 +71,7 @@ def result_row(item: Item, r: Result, sha256: str, timings: dict[str, float]) ->
         "width": width,
         "height": height,
         "score": r.score,
+        "decision_score": r.decision,
         "is_anomalous": bool(r.is_anomalous),
         "anomalous_area_fraction": r.anomalous_area_fraction,
         "n_regions": len(r.regions),

@@ -34,7 +34,8 @@ SCHEMA = pa.schema(
         ("relative_path", pa.string()),  # under its INPUT root; names masks/overlays/maps
         ("width", pa.int32()),  # of the scored image (after any banner crop)
         ("height", pa.int32()),
-        ("score", pa.float64()),
+        ("score", pa.float64()),  # the formula's image value
+        ("decision_score", pa.float64()),  # the map's maximum, against the image threshold
         ("is_anomalous", pa.bool_()),
         ("anomalous_area_fraction", pa.float64()),
         ("n_regions", pa.int32()),

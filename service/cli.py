@@ -102,7 +102,9 @@ def train(
         Path | None, typer.Option(help="TOML or JSON with sections model and train")
     ] = None,
     max_steps: int | None = None,
-    max_minutes: float | None = None,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="training budget in minutes (default: the config's, 10)")
+    ] = None,
     device: str = "auto",
     seed: int = 0,
     resume: bool = False,
@@ -116,10 +118,10 @@ def train(
     model_cfg, cfg = load_config(config)
     if max_steps is not None:
         cfg = replace(cfg, max_steps=max_steps)
-    path = fit(
-        data, out, model_cfg, cfg, seed=seed, device=device, max_minutes=max_minutes, resume=resume
-    )
-    typer.echo(f"checkpoint {path}")
+    if max_minutes is not None:
+        cfg = replace(cfg, max_minutes=max_minutes)
+    path = fit(data, out, model_cfg, cfg, seed=seed, device=device, resume=resume)
+    typer.echo(f"checkpoint {path}; best by the self-check: {out / 'best.pt'}")
 
 
 @app.command()
@@ -138,21 +140,29 @@ def export(
 
     meta, parity = run_export(run, out, data=calibrate, name=name, alpha=alpha)
     typer.echo(f"wrote {out}: parity max |ort - torch| = {parity:.2e}")
+    _report_calibration(meta)
+
+
+def _report_calibration(meta) -> None:
+    """What calibration chose and how the self-check went, and a warning no one can miss
+    when the model cannot find its own synthetic defects."""
+    cal = meta.calibration
+    check = cal["check"]
     typer.echo(
-        json.dumps(
-            {
-                k: getattr(meta, k)
-                for k in (
-                    "alpha",
-                    "sigma",
-                    "pixel_threshold",
-                    "image_threshold",
-                    "r_scale",
-                    "d_scale",
-                )
-            }
-        )
+        f"chosen on {cal['chosen_on']}: alpha {meta.alpha:g}, sigma {meta.sigma:g}, "
+        f"weights (bigan, features, statistics) {tuple(meta.term_weights)}; "
+        f"pixel AUROC {check['pixel_auroc']:.3f}, AUPRO {check['aupro']:.3f}, "
+        f"image AUROC {check['image_auroc']:.3f} on {check['images']} images"
     )
+    if not check["passed"]:
+        typer.secho(
+            f"WARNING: the self-check finds its synthetic defects poorly (pixel AUROC "
+            f"{check['pixel_auroc']:.3f} < {check['pass_pixel_auroc']}): this model may miss real "
+            "defects. Train longer, on more normal images, or check the data.",
+            err=True,
+            fg="red",
+            bold=True,
+        )
 
 
 @app.command()
@@ -166,7 +176,8 @@ def calibrate(
     pixel_fpr: float = 0.005,
     image_fpr: float = 0.05,
 ):
-    """Recalibrate a model in place: scales and thresholds from DATA (labelled defects: best F1)."""
+    """Recalibrate a model in place on DATA: its normals, with pasted synthetic defects or,
+    if DATA has them, labelled defects (thresholds then at best F1)."""
     from training.calibrate import calibrate as run_calibrate
     from training.export import calibration_set
 
@@ -181,16 +192,8 @@ def calibrate(
         pixel_fpr=pixel_fpr,
         image_fpr=image_fpr,
     )
-    typer.echo(
-        json.dumps(
-            meta.calibration
-            | {
-                "alpha": meta.alpha,
-                "pixel_threshold": meta.pixel_threshold,
-                "image_threshold": meta.image_threshold,
-            }
-        )
-    )
+    typer.echo(f"wrote {model}")
+    _report_calibration(meta)
 
 
 @app.command()
@@ -208,7 +211,7 @@ def evaluate(
     from training.evaluate import evaluate as run_evaluate
 
     result = run_evaluate(model, data, out, save_maps=save_maps, alpha=alpha)
-    keys = ("image_auroc", "image_auroc_max", "pixel_auroc", "aupro", "pixel_f1", "pixel_iou")
+    keys = ("image_auroc", "image_auroc_formula", "pixel_auroc", "aupro", "pixel_f1", "pixel_iou")
     typer.echo(json.dumps({k: round(result[k], 4) for k in keys if k in result}))
     typer.echo(f"report {out / 'report.html'}")
 

@@ -20,7 +20,7 @@ class ScoreParams(BaseModel):
     alpha: float | None = Field(None, ge=0, le=1, description="weight of the discriminator term")
     sigma: float | None = Field(None, ge=0, le=64, description="smoothing (px), <= sigma_max")
     pixel_threshold: float | None = _threshold("gamma: Omega = score map > gamma")
-    image_threshold: float | None = _threshold("tau: anomalous when score > tau")
+    image_threshold: float | None = _threshold("tau: anomalous when decision_score > tau")
     min_area: int | None = Field(None, ge=0, le=10**9, description="smallest region (px)")
     crop_bottom: int = Field(0, ge=0, le=100_000, description="rows of SEM banner to drop")
 
@@ -94,8 +94,9 @@ class ModelIdentity(BaseModel):
 
 class ScoreOut(BaseModel):
     filename: str | None
-    score: float
-    is_anomalous: bool
+    score: float = Field(description="the formula: alpha mean (D - 1)^2 + (1 - alpha) RMS residual")
+    decision_score: float = Field(description="the image decision: the score map's maximum")
+    is_anomalous: bool = Field(description="decision_score > image_threshold")
     image_threshold: float
     pixel_threshold: float
     alpha: float
@@ -138,7 +139,10 @@ class ModelOut(ModelIdentity):
     image_threshold: float
     min_area: int
     stride: int
-    calibration: dict[str, Any]
+    term_weights: list[float] = Field(
+        description="weights of the BiGAN, feature and statistics terms"
+    )
+    calibration: dict[str, Any] = Field(description="how the settings were chosen: the self-check")
     limits: dict[str, int | float] = Field(description="upload and batching limits")
 
 

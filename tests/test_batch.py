@@ -72,6 +72,7 @@ def test_rows_equal_detector_scores(scored, inputs, detector):
         assert row["error"] is None and row["model_sha256"] == detector.sha256
         assert (row["height"], row["width"]) == pixels.shape
         assert row["score"] == pytest.approx(want.score, rel=1e-6, abs=1e-9)
+        assert row["decision_score"] == pytest.approx(want.decision, rel=1e-6, abs=1e-9)
         assert row["is_anomalous"] == want.is_anomalous
         assert row["anomalous_area_fraction"] == want.anomalous_area_fraction
         regions = json.loads(row["regions"])

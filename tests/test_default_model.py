@@ -1,5 +1,5 @@
 """The shipped model: its recorded metrics hold on a freshly drawn test set (the card's
-recipe: seed 2, 24 good and 12 per defect type, 256x256), and it serves without torch."""
+recipe: seed 2, 16 good and 6 per defect type, beaded included, 1024x704)."""
 
 import json
 from pathlib import Path
@@ -14,17 +14,18 @@ MARGIN = 0.01  # same seed, same file: only floating-point noise may differ
 
 @pytest.fixture(scope="module")
 def fresh_test_set(tmp_path_factory) -> Path:
-    from training.synth import write_dataset
+    from training.synth import DEFECTS, write_dataset
 
     out = tmp_path_factory.mktemp("default") / "test"
     write_dataset(
         out,
         n_train=4,
-        n_test_good=24,
-        n_test_per_defect=12,
-        size=(256, 256),
+        n_test_good=16,
+        n_test_per_defect=6,
+        size=(1024, 704),
         seed=2,
         progress=False,
+        defects=DEFECTS,
     )
     return out
 
@@ -34,7 +35,14 @@ def test_recorded_metrics_hold(fresh_test_set, tmp_path):
 
     recorded = json.loads(RECORDED.read_text())
     result = evaluate(MODEL, fresh_test_set, tmp_path / "report")
-    for key in ("image_auroc", "image_auroc_max", "pixel_auroc", "aupro", "pixel_f1", "pixel_iou"):
+    for key in (
+        "image_auroc",
+        "image_auroc_formula",
+        "pixel_auroc",
+        "aupro",
+        "pixel_f1",
+        "pixel_iou",
+    ):
         assert result[key] == pytest.approx(recorded["test"][key], abs=MARGIN), key
     assert result["model"]["sha256"] == recorded["test"]["model"]["sha256"]
 
@@ -47,4 +55,8 @@ def test_default_model_metadata_matches_its_card():
     assert det.meta.name == "nanoinspect-default"
     assert det.meta.alpha == recorded["chosen"]["alpha"]
     assert det.meta.sigma == recorded["chosen"]["sigma"]
-    assert det.meta.calibration["method"] == "best_f1"
+    assert det.meta.term_weights == recorded["chosen"]["term_weights"]
+    # the label-free path: chosen on the self-check, thresholds at a target false-positive rate
+    assert det.meta.calibration["method"] == "target_fpr"
+    assert det.meta.calibration["labelled_images"] == 0
+    assert det.meta.calibration["check"]["passed"]

@@ -59,7 +59,12 @@ def test_torchrun_two_gloo_processes(synth_data, tmp_path, stop):
     assert done.returncode == 0, done.stderr[-3000:]
 
     (ckpt,) = sorted((out / "checkpoints").iterdir())  # exactly one, the final one
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.json", "tensorboard"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.pt",
+        "checkpoints",
+        "config.json",
+        "tensorboard",
+    ]
     assert len(list((out / "tensorboard").iterdir())) == 1  # rank 1 opened no writer
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert state["meta"]["world_size"] == 2

@@ -7,7 +7,7 @@ from scipy import ndimage as ndi
 
 from models.config import ModelConfig
 from models.networks import BiGAN
-from models.scoring import BLUR_RADIUS, AnomalyScorer, gaussian_blur
+from models.scoring import BLUR_RADIUS, AnomalyScorer, Whitened, fit_normal, gaussian_blur
 
 CFG = ModelConfig(channels=8, latent_channels=4, disc_channels=8)
 
@@ -16,10 +16,10 @@ CFG = ModelConfig(channels=8, latent_channels=4, disc_channels=8)
 def test_scorer_shapes_any_size(h, w):
     scorer = AnomalyScorer(BiGAN(CFG)).eval()
     with torch.no_grad():
-        score_map, score, recon, d = scorer(
+        score_map, score, recon, d, f, t = scorer(
             torch.rand(2, 1, h, w), torch.tensor(0.5), torch.tensor(2.0)
         )
-    assert score_map.shape == recon.shape == d.shape == (2, 1, h, w)
+    assert score_map.shape == recon.shape == d.shape == f.shape == t.shape == (2, 1, h, w)
     assert score.shape == (2,)
     assert torch.isfinite(score_map).all() and torch.isfinite(score).all()
 
@@ -37,12 +37,54 @@ def test_score_is_the_design_formula():
     scorer = AnomalyScorer(BiGAN(CFG), r_scale=0.2, d_scale=3.0).eval()
     x = torch.rand(2, 1, 40, 56)
     with torch.no_grad():
-        d, r, recon = scorer.terms(x)
-        _, score, recon2, d2 = scorer(x, torch.tensor(0.3), torch.tensor(1.0))
+        d, r, _, _, recon = scorer.terms(x)
+        _, score, recon2, d2, _, _ = scorer(x, torch.tensor(0.3), torch.tensor(1.0))
     assert torch.allclose(r, (recon - x).abs() / 0.2)
     expected = 0.3 * d.mean(dim=(1, 2, 3)) + 0.7 * r.pow(2).mean(dim=(1, 2, 3)).sqrt()
     assert torch.allclose(score, expected, rtol=1e-5)
     assert torch.equal(recon, recon2) and torch.equal(d, d2)
+
+
+def test_whitened_term_is_the_mahalanobis_distance():
+    """The 1x1-conv form equals (x - mu)^T Sigma^-1 (x - mu) of the fitted Gaussian."""
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(5, 5))
+    samples = torch.from_numpy(rng.normal(size=(4000, 5)) @ mix + 3.0).float()
+    term = Whitened(5)
+    term.fit(samples, shrink=0.0)
+    x = torch.from_numpy(rng.normal(size=(7, 5)) * 4).float()
+    mu, cov = samples.double().mean(0), torch.cov(samples.double().T)
+    v = x.double() - mu
+    expected = (v @ torch.linalg.inv(cov) * v).sum(1)
+    got = term(x[:, :, None, None])[:, 0, 0, 0].double()
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
+
+
+def test_fitted_terms_light_up_what_normal_images_never_show():
+    """After fit_normal on mats, f averages its dimension on the images it was fitted on (a
+    squared Mahalanobis distance does) and a flat square (a film) stands out in t against
+    the rest of the image; an unfitted scorer has both terms at zero."""
+    from training.synth import draw_normal
+
+    rng = np.random.default_rng(1)
+    scorer = AnomalyScorer(BiGAN(CFG)).eval()
+    image = torch.from_numpy(draw_normal(rng, 128, 128))[None, None]
+    with torch.no_grad():
+        assert scorer.terms(image)[2].abs().max() == 0 and scorer.terms(image)[3].abs().max() == 0
+        fitted = [torch.from_numpy(draw_normal(rng, 128, 128))[None, None] for _ in range(4)]
+        fit_normal(scorer, fitted)
+        lo, hi = 2, 2 + 128 // 8  # latent cells inside the image, past the reflected margin
+        on_fit = [
+            scorer.features(scorer.descriptors(x)[3])[..., lo:hi, lo:hi].mean() for x in fitted
+        ]
+        odd = image.clone()
+        odd[..., 40:80, 40:80] = 0.45
+        _, _, f, t, _ = scorer.terms(odd)
+    inside, outside = (slice(48, 72), slice(48, 72)), (slice(0, 24), slice(100, 128))
+    assert t[0, 0][inside].mean() > 5 * t[0, 0][outside].mean()
+    channels = scorer.features.bias.numel()
+    assert 0.9 * channels < float(torch.stack(on_fit).mean()) < 1.1 * channels
+    assert torch.isfinite(f).all() and f.min() >= 0
 
 
 def test_blur_is_normalised_and_tends_to_identity():

@@ -82,6 +82,8 @@ async def test_score_equals_detector(client, detector):
     body = r.json()
     expected = detector.score([decode_image(defect_png()).pixels])[0]
     assert body["score"] == expected.score and body["is_anomalous"] == expected.is_anomalous
+    assert body["decision_score"] == expected.decision == float(expected.score_map.max())
+    assert body["is_anomalous"] == (body["decision_score"] > body["image_threshold"])
     m = detector.meta
     assert (body["alpha"], body["pixel_threshold"], body["image_threshold"]) == (
         m.alpha, m.pixel_threshold, m.image_threshold,

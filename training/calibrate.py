@@ -1,18 +1,17 @@
 """Calibration of an exported artifact, run on onnxruntime so it applies to any artifact.
 
-1. Component scales: the means of raw d and r on held-out normal images, written into the
-   graph's `r_scale` / `d_scale` initializers, so both terms average 1 on normal data.
-2. alpha and sigma: kept, or chosen on a labelled validation set (best pixel AUROC + AUPRO).
-3. gamma and tau: at target false-positive rates on normal images, or at best F1 when
-   labelled defects are given.
-The graph is linear in alpha (blur(alpha d + (1-alpha) r) = alpha blur(d) + (1-alpha) blur(r)),
-so two passes at alpha = 1 and alpha = 0 give the maps and scores for every alpha.
+1. Term scales: the means of raw d, r, f and t on held-out normal images, written into the
+   graph's `*_scale` initializers, so every term averages 1 on normal data.
+2. alpha, sigma and the term weights: chosen by pixel AUROC + AUPRO on labelled defects when
+   given, else on the self-check (the held-out normals with pasted synthetic defects,
+   training/selfcheck.py). Never a silent default.
+3. gamma and tau: at target false-positive rates on the clean normal images, or at best F1
+   when labelled defects are given. The image decision is the maximum of the score map.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,33 +22,25 @@ from onnx import numpy_helper
 from models.artifact import ArtifactMeta
 from models.detector import Detector
 from models.errors import ArtifactError, DataError
-from training import metrics
+from models.scale import resample, to_scale
+from training import metrics, selfcheck
+from training.selfcheck import Choice, Labelled
 
-ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 PIXEL_FPR = 0.005  # share of normal pixels above gamma (before min_area)
 IMAGE_FPR = 0.05  # share of normal images above tau
-SIGMAS = (1.0, 2.0, 4.0, 8.0)  # smoothing tried on labelled validation data
-
-
-def _quality(row: dict[str, float]) -> float:
-    """What alpha and sigma are chosen by on validation data: localisation first."""
-    return row["pixel_auroc"] + row["aupro"]
-
-
-@dataclass(frozen=True)
-class Labelled:
-    image: np.ndarray  # float32 (H, W)
-    mask: np.ndarray  # bool (H, W), all False for a good image
-    kind: str  # "good" or the defect type
+SCALES = ("d_scale", "r_scale", "f_scale", "t_scale")
+TERMS = "drft"
 
 
 def write_artifact(model: onnx.ModelProto, meta: ArtifactMeta, path: Path) -> None:
-    """Set the scale initializers and metadata from meta, then replace path atomically."""
-    scales = {i.name: i for i in model.graph.initializer if i.name in ("r_scale", "d_scale")}
-    if len(scales) != 2:
-        raise ArtifactError(f"{path}: the graph has no r_scale/d_scale initializers to calibrate")
-    for name, init in scales.items():
-        init.CopyFrom(numpy_helper.from_array(np.asarray(getattr(meta, name), np.float32), name))
+    """Set the scale and weight initializers and the metadata from meta, then replace path
+    atomically."""
+    values = {name: getattr(meta, name) for name in SCALES} | {"weights": meta.term_weights}
+    inits = {i.name: i for i in model.graph.initializer if i.name in values}
+    if len(inits) != len(values):
+        raise ArtifactError(f"{path}: the graph lacks the calibration initializers {list(values)}")
+    for name, init in inits.items():
+        init.CopyFrom(numpy_helper.from_array(np.asarray(values[name], np.float32), name))
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, meta.to_props())
     tmp = path.with_name(path.name + ".tmp")
@@ -57,34 +48,24 @@ def write_artifact(model: onnx.ModelProto, meta: ArtifactMeta, path: Path) -> No
     os.replace(tmp, path)
 
 
-def _passes(det: Detector, images: list[np.ndarray], sigma: float):
-    """Per image: blur(d), blur(r) and the scores at alpha = 1 and 0."""
-    out = []
-    for img in images:
-        one = det.run(img[None, None], 1.0, sigma)
-        zero = det.run(img[None, None], 0.0, sigma)
-        out.append(
-            (
-                one["score_map"][0, 0],
-                zero["score_map"][0, 0],
-                float(one["score"][0]),
-                float(zero["score"][0]),
-            )
-        )
-    return out
+def raw_terms(det: Detector, image: np.ndarray) -> dict[str, np.ndarray]:
+    """d, r, f, t (H, W) of one image as the graph computes them, before any weighting."""
+    out = det.run(image[None, None], 1.0, 0.0, ("reconstruction", "d_map", "f_map", "t_map"))
+    r = np.abs(out["reconstruction"][0, 0] - image) / det.meta.r_scale
+    return {"d": out["d_map"][0, 0], "r": r, "f": out["f_map"][0, 0], "t": out["t_map"][0, 0]}
 
 
-def ablation(passes, masks: list[np.ndarray], labels: np.ndarray) -> dict[float, dict[str, float]]:
-    table = {}
-    for a in ALPHAS:
-        maps = [a * d + (1 - a) * r for d, r, _, _ in passes]
-        scores = np.array([a * s1 + (1 - a) * s0 for _, _, s1, s0 in passes])
-        table[a] = {
-            "pixel_auroc": metrics.pixel_auroc(masks, maps),
-            "aupro": metrics.aupro(masks, maps),
-            "image_auroc": metrics.auroc(labels, scores),
-        }
-    return table
+def _zoomed(sample: Labelled, scale: float) -> Labelled:
+    image, zoom = to_scale(sample.image, scale)
+    if zoom == 1.0:
+        return sample
+    return Labelled(image, resample(sample.mask.astype(np.float32), image.shape) > 0.5, sample.kind)
+
+
+def _mix(choice: Choice, terms: dict[str, np.ndarray]) -> np.ndarray:
+    w, a = choice.weights, choice.alpha
+    mixed = w[0] * (a * terms["d"] + (1 - a) * terms["r"]) + w[1] * terms["f"] + w[2] * terms["t"]
+    return selfcheck.blur(mixed, choice.sigma)
 
 
 def calibrate(
@@ -97,60 +78,73 @@ def calibrate(
     min_area: int | None = None,
     pixel_fpr: float = PIXEL_FPR,
     image_fpr: float = IMAGE_FPR,
+    seed: int = 0,
 ) -> ArtifactMeta:
     """Calibrate the artifact at path in place; returns its new metadata."""
     if not normals:
         raise DataError("calibration needs at least one held-out normal image")
     det = Detector(path, providers=("cpu",))
-    meta = det.meta.with_(
-        sigma=det.meta.sigma if sigma is None else sigma,
-        min_area=det.meta.min_area if min_area is None else min_area,
-    )
-    d_raw, r_raw = [], []
-    for img in normals:
-        out = det.run(img[None, None], 1.0, meta.sigma)
-        d_raw.append(float(out["d_map"].mean(dtype=np.float64)) * meta.d_scale)
-        r_raw.append(float(np.abs(out["reconstruction"][0, 0] - img).mean(dtype=np.float64)))
-    meta = meta.with_(
-        d_scale=max(float(np.mean(d_raw)), 1e-12), r_scale=max(float(np.mean(r_raw)), 1e-12)
-    )
-    model = onnx.load(path)
-    write_artifact(model, meta, path)
+    meta = det.meta.with_(min_area=det.meta.min_area if min_area is None else min_area)
+    normals = [to_scale(img, meta.fibre_scale)[0] for img in normals]  # as the Detector sees them
+    labelled = [_zoomed(s, meta.fibre_scale) for s in labelled]
+    clean = [raw_terms(det, img) for img in normals]
+    scales = {
+        name: max(float(np.mean([c[k].mean(dtype=np.float64) for c in clean])), 1e-12)
+        * getattr(meta, name)
+        for k, name in zip(TERMS, SCALES, strict=True)
+    }
+    for c in clean:  # as the rescaled graph computes them
+        for k, name in zip(TERMS, SCALES, strict=True):
+            c[k] = c[k] * (getattr(meta, name) / scales[name])
+    meta = meta.with_(**scales)
+    write_artifact(onnx.load(path), meta, path)
     det = Detector(path, providers=("cpu",))
 
-    calibration: dict = {"normal_images": len(normals), "labelled_images": len(labelled)}
+    check = list(labelled) or selfcheck.selfcheck_set(normals, seed)
+    terms = [raw_terms(det, s.image) for s in check]
+    best, tried = selfcheck.choose(
+        terms,
+        [s.mask for s in check],
+        sigmas=selfcheck.SIGMAS if sigma is None else (sigma,),
+        alphas=selfcheck.ALPHAS if alpha is None else (alpha,),
+    )
+    calibration: dict = {
+        "normal_images": len(normals),
+        "labelled_images": len(labelled),
+        "chosen_on": "labelled defects" if labelled else "self-check (pasted synthetic defects)",
+        "check": {
+            "images": len(check),
+            "pixel_auroc": best.pixel_auroc,
+            "aupro": best.aupro,
+            "image_auroc": best.image_auroc,
+            "passed": best.passed,
+            "pass_pixel_auroc": selfcheck.PASS_PIXEL_AUROC,
+        },
+        "candidates": len(tried),
+        "decision": "max of the score map",
+    }
     if labelled:
-        masks = [s.mask for s in labelled]
-        labels = np.array([s.kind != "good" for s in labelled])
-        tables = {}
-        for sig in SIGMAS if sigma is None else (meta.sigma,):
-            passes = _passes(det, [s.image for s in labelled], sig)
-            tables[sig] = (passes, ablation(passes, masks, labels))
-        choices = [(sig, a) for sig in tables for a in (ALPHAS if alpha is None else (alpha,))]
-        sig, alpha = max(choices, key=lambda c: _quality(tables[c[0]][1][c[1]]))
-        passes = tables[sig][0]
-        meta = meta.with_(sigma=sig)
-        calibration["ablation"] = {
-            f"sigma={s_}": {str(a): v for a, v in t.items()} for s_, (_, t) in tables.items()
-        }
-        maps = [alpha * d + (1 - alpha) * r for d, r, _, _ in passes]
-        scores = np.array([alpha * s1 + (1 - alpha) * s0 for _, _, s1, s0 in passes])
+        maps = [_mix(best, t) for t in terms]
+        masks = [s.mask for s in check]
+        labels = np.array([s.kind != "good" for s in check])
         gamma, pixel_f1 = metrics.best_f1_threshold(
             np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps])
         )
-        tau, image_f1 = metrics.best_f1_threshold(labels, scores)
+        tau, image_f1 = metrics.best_f1_threshold(labels, np.array([m.max() for m in maps]))
         calibration |= {"method": "best_f1", "pixel_f1": pixel_f1, "image_f1": image_f1}
     else:
-        alpha = meta.alpha if alpha is None else alpha
-        passes = _passes(det, normals, meta.sigma)
-        maps = [alpha * d + (1 - alpha) * r for d, r, _, _ in passes]
-        scores = np.array([alpha * s1 + (1 - alpha) * s0 for _, _, s1, s0 in passes])
+        maps = [_mix(best, t) for t in clean]
         gamma = float(np.quantile(np.concatenate([m.ravel() for m in maps]), 1 - pixel_fpr))
-        tau = float(np.quantile(scores, 1 - image_fpr, method="higher"))
+        tau = float(np.quantile([m.max() for m in maps], 1 - image_fpr, method="higher"))
         calibration |= {"method": "target_fpr", "pixel_fpr": pixel_fpr, "image_fpr": image_fpr}
     calibration["at"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta = meta.with_(
-        alpha=float(alpha), pixel_threshold=gamma, image_threshold=tau, calibration=calibration
+        alpha=best.alpha,
+        sigma=best.sigma,
+        term_weights=list(best.weights),
+        pixel_threshold=gamma,
+        image_threshold=tau,
+        calibration=calibration,
     )
     write_artifact(onnx.load(path), meta, path)
     return meta

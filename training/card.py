@@ -9,7 +9,7 @@ from pathlib import Path
 
 from models.detector import Detector
 
-KEYS = ("image_auroc", "image_auroc_max", "pixel_auroc", "aupro", "pixel_f1", "pixel_iou")
+KEYS = ("image_auroc", "image_auroc_formula", "pixel_auroc", "aupro", "pixel_f1", "pixel_iou")
 
 
 def collect(build: Path, model: Path) -> dict:
@@ -24,10 +24,11 @@ def collect(build: Path, model: Path) -> dict:
         "chosen": {
             "alpha": det.meta.alpha,
             "sigma": det.meta.sigma,
+            "term_weights": det.meta.term_weights,
             "pixel_threshold": det.meta.pixel_threshold,
             "image_threshold": det.meta.image_threshold,
         },
-        "validation": det.meta.calibration,
+        "self_check": det.meta.calibration,
         "test": test,
         "test_alpha_ablation": ablation,
         "train": {

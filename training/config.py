@@ -21,8 +21,10 @@ class TrainConfig:
     beta2: float = 0.999
     lambda_rec: float = 10.0  # weight of |G(E(s)) - s| against the adversarial terms
     corrupt_prob: float = 0.5  # share of patches E+G must restore from generic corruptions
-    max_steps: int = 2000
-    checkpoint_every: int = 250
+    max_steps: int = 1_000_000  # in practice the time budget ends training
+    max_minutes: float = 10.0  # the training budget, wall clock
+    checkpoint_every: int = 2000  # steps; each checkpoint is ranked by the self-check
+    checkpoint_minutes: float = 2.0  # and a checkpoint at least this often, wall clock
     log_every: int = 10  # TensorBoard scalars
     image_every: int = 250  # TensorBoard image grids (input, reconstruction, score map)
     holdout_fraction: float = 0.15  # normal images kept out of training, for calibration

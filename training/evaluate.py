@@ -18,12 +18,12 @@ from training.data import find_dataset, load_mask
 log = logging.getLogger(__name__)
 
 
-def _summary(kind_masks, kind_maps, kind_scores, kind_maxima, kind_labels, kind_pred) -> dict:
+def _summary(kind_masks, kind_maps, kind_decisions, kind_scores, kind_labels, kind_pred) -> dict:
     labels = np.array(kind_labels)
     out = {
         "images": len(kind_labels),
-        "image_auroc": metrics.auroc(labels, np.array(kind_scores)),
-        "image_auroc_max": metrics.auroc(labels, np.array(kind_maxima)),
+        "image_auroc": metrics.auroc(labels, np.array(kind_decisions)),  # what decides
+        "image_auroc_formula": metrics.auroc(labels, np.array(kind_scores)),  # the mean's
     }
     if kind_masks is not None:
         f1, iou = metrics.f1_iou(kind_pred, kind_masks)
@@ -65,8 +65,8 @@ def evaluate(
         return _summary(
             [m for _, _, _, m in selected] if has_masks else None,
             [r.score_map for _, _, r, _ in selected],
+            [r.decision for _, _, r, _ in selected],
             [r.score for _, _, r, _ in selected],
-            [float(r.score_map.max()) for _, _, r, _ in selected],
             [s.kind != "good" for s, _, _, _ in selected],
             [r.mask for _, _, r, _ in selected],
         )

@@ -21,16 +21,18 @@ from models.errors import NanoinspectError
 from models.networks import BiGAN
 from models.phase import for_export, restore
 from models.scoring import SIGMA_MAX, AnomalyScorer
-from training.calibrate import Labelled, calibrate, write_artifact
+from training.calibrate import calibrate, write_artifact
 from training.data import find_dataset, load_images, load_mask
-from training.train import latest_checkpoint
+from training.selfcheck import Labelled
+from training.train import BEST, latest_checkpoint
 
 PARITY_SIZES = ((256, 256), (1024, 704))  # (width, height)
 PARITY_RTOL, PARITY_ATOL = 1e-3, 1e-4  # onnxruntime vs torch, on every output
 FP16_RTOL, FP16_ATOL = 1e-2, 1e-2  # fp16 graph vs fp32 graph, both on onnxruntime
 # kept in fp32 in an fp16 graph: the Gaussian's kernel, the means, the RMS
 FP32_OPS = ["Range", "Exp", "ReduceSum", "ReduceMean", "Pow", "Sqrt", "Resize"]
-DEFAULT_ALPHA, DEFAULT_SIGMA, DEFAULT_MIN_AREA = 0.5, 2.0, 16
+FP32_WEIGHTS = ("features.weight", "stats.weight")  # and the convolutions that use them
+DEFAULT_SIGMA, DEFAULT_MIN_AREA = 2.0, 16  # sigma: only for the parity check
 
 
 class ParityError(NanoinspectError):
@@ -38,10 +40,16 @@ class ParityError(NanoinspectError):
 
 
 def load_checkpoint(run: Path) -> dict:
-    path = run if run.is_file() else latest_checkpoint(run)
+    """A checkpoint file, or a run's best one by the self-check (else its latest)."""
+    path = (
+        run if run.is_file() else (run / BEST if (run / BEST).is_file() else latest_checkpoint(run))
+    )
     if path is None or not path.is_file():
         raise NanoinspectError(f"{run}: no checkpoint (expected RUN_DIR/checkpoints/step_*.pt)")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if "normal_fit" not in ckpt:
+        raise NanoinspectError(f"{path}: made by an older version (no normal fit): train again")
+    return ckpt
 
 
 def calibration_set(
@@ -148,7 +156,6 @@ def export(
     data: Path | None = None,
     name: str | None = None,
     alpha: float | None = None,
-    sigma: float = DEFAULT_SIGMA,
     min_area: int = DEFAULT_MIN_AREA,
 ) -> tuple[ArtifactMeta, float]:
     """Export, check parity and calibrate; returns the metadata and the parity error seen."""
@@ -157,6 +164,7 @@ def export(
     bigan = BiGAN(cfg)
     bigan.load_state_dict(ckpt["model"])
     scorer = AnomalyScorer(bigan).eval()
+    scorer.load_state_dict(ckpt["normal_fit"], strict=False)
     info = ckpt["meta"]
     crop = info["train"]["crop_bottom"]
     if data is None:
@@ -172,11 +180,11 @@ def export(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".export.tmp")
-    write_graph(scorer, tmp, sigma)
-    meta = ArtifactMeta(
+    write_graph(scorer, tmp)
+    meta = ArtifactMeta(  # alpha, sigma, weights and thresholds are set by calibrate below
         name=name or out.stem,
-        alpha=DEFAULT_ALPHA if alpha is None else alpha,
-        sigma=sigma,
+        alpha=0.5 if alpha is None else alpha,
+        sigma=DEFAULT_SIGMA,
         sigma_max=SIGMA_MAX,
         pixel_threshold=float("inf"),
         image_threshold=float("inf"),
@@ -184,8 +192,12 @@ def export(
         stride=cfg.stride,
         r_scale=1.0,
         d_scale=1.0,
+        f_scale=1.0,
+        t_scale=1.0,
+        term_weights=[1.0, 0.0, 0.0],
         model_config=cfg.to_dict(),
         train_config={**info["train"], "seed": info["seed"], "steps": ckpt["step"]},
+        fibre_scale=info.get("fibre_scale", 0.0),
         data_digest=info["data_digest"],
         code_version=version("nanoinspect"),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -207,7 +219,12 @@ def to_fp16(src: Path, out: Path) -> float:
     the fp32 graph on onnxruntime's CPU within FP16_RTOL/FP16_ATOL; returns the worst gap."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    half = convert_float_to_float16(onnx.load(src), keep_io_types=True, op_block_list=FP32_OPS)
+    model = onnx.load(src)
+    # the Mahalanobis terms square and sum large whitened values: fp16 would round them away
+    whitening = [n.name for n in model.graph.node if set(n.input) & set(FP32_WEIGHTS)]
+    half = convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=FP32_OPS, node_block_list=whitening
+    )
     tmp = out.with_name(out.name + ".fp16.tmp")
     try:
         onnx.save(half, tmp)

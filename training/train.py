@@ -1,5 +1,10 @@
 """The training loop: LSGAN BiGAN with a reconstruction penalty, on random normal patches.
 
+Training runs for a time budget. Every checkpoint carries the Gaussians of normal features
+(models.scoring.fit_normal) and is ranked by the self-check (held-out normals with pasted
+synthetic defects, training/selfcheck.py); the best one is kept as RUN/best.pt, so a longer
+budget is never worse than a shorter one by that measure.
+
 Every random draw is a function of (seed, step, rank), so `--resume` continues exactly and
 each torchrun rank samples its own patches. Only rank 0 writes checkpoints and logs.
 """
@@ -24,13 +29,18 @@ from tqdm import tqdm
 from models.config import ModelConfig
 from models.errors import NanoinspectError
 from models.networks import BiGAN
-from models.scoring import AnomalyScorer
+from models.scale import fibre_scale, to_scale
+from models.scoring import AnomalyScorer, fit_normal
+from training import selfcheck
 from training.config import TrainConfig, config_dict
 from training.corrupt import corrupt
 from training.data import PatchSampler, Sample, find_dataset, load_images, split_holdout
 from training.losses import discriminator_loss, encoder_generator_loss
 
 CHECKPOINTS = "checkpoints"
+BEST = "best.pt"
+FIT_IMAGES = 6  # training images the normal Gaussians are fitted on at each checkpoint
+CHECK_IMAGES, CHECK_SIDE = 6, 512  # held-out normals (centre crops) the self-check uses
 
 
 class TrainingDiverged(NanoinspectError):
@@ -87,9 +97,43 @@ def _save(obj: dict, path: Path) -> None:
 def _image_grid(scorer: AnomalyScorer, image: torch.Tensor) -> torch.Tensor:
     """Input | reconstruction | score map (rescaled), side by side, (1, H, 3W) for TensorBoard."""
     with torch.no_grad():
-        score_map, _, recon, _ = scorer(image, torch.tensor(0.0), torch.tensor(2.0))
+        score_map, _, recon, *_ = scorer(image, torch.tensor(0.0), torch.tensor(2.0))
     smap = score_map / score_map.amax().clamp(min=1e-8)
     return torch.cat([image, recon, smap], dim=-1)[0].cpu()
+
+
+def _crop(image: np.ndarray, side: int) -> np.ndarray:
+    h, w = image.shape
+    y, x = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return image[y : y + side, x : x + side]
+
+
+@torch.no_grad()
+def rank_checkpoint(
+    scorer: AnomalyScorer, fit: list[np.ndarray], check: list[selfcheck.Labelled]
+) -> tuple[dict, selfcheck.Choice]:
+    """Fit the normal Gaussians, then score the self-check set: the fitted buffers (saved
+    with the checkpoint) and the best choice's figures (what checkpoints are ranked by)."""
+    dev = next(scorer.parameters()).device
+    fit_normal(scorer, [torch.from_numpy(im)[None, None].to(dev) for im in fit])
+    terms = []
+    for s in check:
+        d, r, f, t, _ = scorer.terms(torch.from_numpy(s.image)[None, None].to(dev))
+        terms.append(
+            {k: v[0, 0].float().cpu().numpy() for k, v in zip("drft", (d, r, f, t), strict=True)}
+        )
+    state = {
+        k: v.cpu() for k, v in scorer.state_dict().items() if k.startswith(("features.", "stats."))
+    }
+    if not all(np.isfinite(v).all() for t in terms for v in t.values()):
+        return state, selfcheck.Choice(0.0, 0.0, (1.0, 0.0, 0.0), 0.0, 0.0, 0.0)  # ranks last
+    clean = [t for t, s in zip(terms, check, strict=True) if s.kind == "good"]
+    for k in "drft":
+        scale = max(float(np.mean([t[k].mean() for t in clean])), 1e-12)
+        for t in terms:
+            t[k] = t[k] / scale
+    best, _ = selfcheck.choose(terms, [s.mask for s in check], sigmas=(4.0,))
+    return state, best
 
 
 def _time_up(began: float, max_minutes: float, distributed: bool, dev: torch.device) -> bool:
@@ -111,7 +155,6 @@ def train(
     *,
     seed: int = 0,
     device: str = "auto",
-    max_minutes: float | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> Path:
@@ -134,13 +177,25 @@ def train(
     state = torch.load(last, map_location="cpu", weights_only=False) if last else None
     if state is not None:  # a resumed run keeps the settings it started with
         model_cfg = ModelConfig.from_dict(state["model_config"])
-        cfg = TrainConfig(**{**state["train_config"], "max_steps": cfg.max_steps})
+        budget = {"max_steps": cfg.max_steps, "max_minutes": cfg.max_minutes}
+        cfg = TrainConfig(**{**state["train_config"], **budget})
         seed = state["seed"]
 
     layout = find_dataset(data)
     fit, holdout = split_holdout(layout.train, cfg.holdout_fraction, seed)
     images = load_images(fit, cfg.crop_bottom)
+    # one magnification for all: each image zoomed to the median fibre scale (models/scale.py)
+    scale = float(np.median([fibre_scale(im) for im in images]))
+    images = [to_scale(im, scale)[0] for im in images]
+    held = [
+        _crop(to_scale(im, scale)[0], CHECK_SIDE)
+        for im in load_images(holdout[:CHECK_IMAGES], cfg.crop_bottom)
+    ]
+    check = selfcheck.selfcheck_set(held, seed)
+    fit_images = images[:: max(1, len(images) // FIT_IMAGES)][:FIT_IMAGES]
     sampler = PatchSampler(images, cfg.patch_size, seed, names=[str(s.path) for s in fit])
+    if not holdout:
+        raise NanoinspectError("training needs at least 2 normal images: one is held out")
 
     torch.manual_seed(seed)
     # channels-last: 1.4-1.75x the steps/s on a 2-core CPU (tests/bench/bench_train.py)
@@ -165,6 +220,7 @@ def train(
         "data": str(data.resolve()),
         "data_digest": data_digest(fit, layout.root),
         "holdout": [str(s.path.relative_to(layout.root)) for s in holdout],
+        "fibre_scale": scale,
         "world_size": dist.get_world_size() if distributed else 1,
     }
     writer = None
@@ -175,29 +231,44 @@ def train(
 
         writer = SummaryWriter(str(out / "tensorboard"))
     preview = torch.from_numpy(images[0][None, None]).to(dev)
-    scorer = AnomalyScorer(bigan).eval()
+    scorer = AnomalyScorer(bigan).to(dev)
+    best_quality = state.get("best_quality", -1.0) if state else -1.0
 
     def checkpoint(step: int) -> Path:
+        nonlocal best_quality
         path = out / CHECKPOINTS / f"step_{step:07d}.pt"
         if main:
-            _save(
-                {
-                    "model": bigan.state_dict(),
-                    "opt_d": opt_d.state_dict(),
-                    "opt_eg": opt_eg.state_dict(),
-                    "step": step,
-                    "seed": seed,
-                    "model_config": asdict(model_cfg),
-                    "train_config": asdict(cfg),
-                    "meta": meta,
-                },
-                path,
+            fitted, choice = rank_checkpoint(scorer, fit_images, check)
+            better = choice.quality > best_quality
+            best_quality = max(best_quality, choice.quality)
+            ckpt = {
+                "model": bigan.state_dict(),
+                "opt_d": opt_d.state_dict(),
+                "opt_eg": opt_eg.state_dict(),
+                "step": step,
+                "seed": seed,
+                "model_config": asdict(model_cfg),
+                "train_config": asdict(cfg),
+                "meta": meta,
+                "normal_fit": fitted,
+                "self_check": asdict(choice),
+                "best_quality": best_quality,
+            }
+            _save(ckpt, path)
+            if better:
+                _save(ckpt, out / BEST)
+            if writer:
+                writer.add_scalar("self_check/pixel_auroc", choice.pixel_auroc, step)
+                writer.add_scalar("self_check/aupro", choice.aupro, step)
+            tqdm.write(
+                f"step {step}: self-check pixel AUROC {choice.pixel_auroc:.3f}, "
+                f"AUPRO {choice.aupro:.3f}" + (" (best so far)" if better else "")
             )
         return path
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
     latent = cfg.patch_size // model_cfg.stride
-    began = time.monotonic()
+    began = saved = time.monotonic()
     bar = tqdm(
         range(start, cfg.max_steps),
         initial=start,
@@ -243,9 +314,15 @@ def train(
                 writer.add_scalar(f"train/{k}", v, done)
         if writer and done % cfg.image_every == 0:
             writer.add_image("preview/input|recon|score", _image_grid(scorer, preview), done)
-        if done % cfg.checkpoint_every == 0:
+        if (
+            done % cfg.checkpoint_every == 0
+            or time.monotonic() - saved > 60 * cfg.checkpoint_minutes
+        ):
             path = checkpoint(done)
-        if max_minutes is not None and _time_up(began, max_minutes, distributed, dev):
+            saved = time.monotonic()
+        if _time_up(began, cfg.max_minutes, distributed, dev):
+            if main:
+                tqdm.write(f"train: the {cfg.max_minutes:g} min budget is used up at step {done}")
             break
     if path is None or path.name != f"step_{done:07d}.pt":
         path = checkpoint(done)

@@ -60,6 +60,7 @@ async def model(inspector: InspectorDep, settings: SettingsDep) -> ModelOut:
         image_threshold=m.image_threshold,
         min_area=m.min_area,
         stride=m.stride,
+        term_weights=m.term_weights,
         calibration=m.calibration,
         limits=limits,
     )

@@ -87,6 +87,7 @@ def _build(s: Scored, q: ScoreQuery) -> ScoreOut:
     return ScoreOut(
         filename=s.part.filename,
         score=r.score,
+        decision_score=r.decision,
         is_anomalous=r.is_anomalous,
         image_threshold=r.image_threshold,
         pixel_threshold=r.pixel_threshold,

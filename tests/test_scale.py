@@ -1,0 +1,63 @@
+"""Magnification: the fibre-scale estimate, zooming to a training scale, and the Detector
+scoring an image taken at another magnification on the model's own scale."""
+
+import numpy as np
+import onnx
+from scipy import ndimage as ndi
+
+from models.detector import Detector
+from models.scale import TOLERANCE, fibre_scale, resample_factor, to_scale
+from training.calibrate import write_artifact
+from training.synth import draw_normal
+
+
+def _mat(domain: str = "classic", seed: int = 0, size=(512, 384)) -> np.ndarray:
+    return draw_normal(np.random.default_rng(seed), *size, domain=domain)
+
+
+def test_scale_grows_with_fibre_width_and_magnification():
+    fine, coarse = fibre_scale(_mat("fine")), fibre_scale(_mat("coarse"))
+    assert coarse > 2 * fine
+    img = _mat()
+    assert fibre_scale(ndi.zoom(img, 2.0, order=1)) > 1.4 * fibre_scale(img)
+    # another mat of the same look measures about the same
+    assert abs(fibre_scale(_mat(seed=1)) / fibre_scale(img) - 1) < 0.15
+    assert fibre_scale(np.full((64, 64), 0.5, np.float32)) == 0.0
+
+
+def test_to_scale_undoes_a_change_of_magnification():
+    img = _mat(size=(768, 512))
+    target = fibre_scale(img)
+    half = ndi.zoom(img, 0.5, order=1)
+    back, zoom = to_scale(half, target)
+    assert 1.6 < zoom < 2.5
+    assert back.shape == (round(half.shape[0] * zoom), round(half.shape[1] * zoom))
+    assert 1 / TOLERANCE < fibre_scale(back) / target < TOLERANCE
+    same, one = to_scale(img, target)
+    assert one == 1.0 and same is img
+
+
+def test_resample_factor_leaves_close_or_unknown_scales_alone():
+    assert resample_factor(4.0, 4.2) == 1.0
+    assert resample_factor(0.0, 4.0) == resample_factor(4.0, 0.0) == 1.0
+    assert resample_factor(8.0, 4.0) == 2.0
+    assert resample_factor(100.0, 1.0) == 4.0  # clipped
+
+
+def test_detector_scores_other_magnifications_at_the_training_scale(tiny_model, tmp_path):
+    """An artifact that records a fibre scale zooms an input taken at half that scale,
+    and returns the map, mask and regions at the input's own size."""
+    img = _mat(size=(256, 192))
+    half = ndi.zoom(img, 0.5, order=1).astype(np.float32)
+    model = onnx.load(tiny_model)
+    meta = Detector(tiny_model, providers=("cpu",)).meta.with_(fibre_scale=fibre_scale(img))
+    path = tmp_path / "scaled.onnx"
+    write_artifact(model, meta, path)
+    det = Detector(path, providers=("cpu",))
+    plain = Detector(tiny_model, providers=("cpu",))
+    (r,) = det.score([half])
+    assert 1.6 < r.zoom < 2.5
+    assert r.score_map.shape == r.mask.shape == half.shape
+    (same,) = det.score([img])
+    assert same.zoom == 1.0
+    np.testing.assert_allclose(same.score_map, plain.score([img])[0].score_map, atol=1e-5)
