@@ -162,14 +162,9 @@ def test_evaluate_writes_metrics_report_and_maps(tiny_model, synth_data, tmp_pat
     result = evaluate(tiny_model, synth_data, tmp_path / "report", save_maps=maps)
     saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(result))
-    for key in (
-        "image_auroc",
-        "image_auroc_formula",
-        "pixel_auroc",
-        "aupro",
-        "pixel_f1",
-        "pixel_iou",
-    ):
+    from training.card import KEYS
+
+    for key in KEYS:
         assert 0.0 <= saved[key] <= 1.0, key
         for kind in ("bead", "film", "clump", "particle"):
             assert 0.0 <= saved["per_type"][kind][key] <= 1.0, (kind, key)
