@@ -187,7 +187,7 @@ def run_real(
         "defective_vs_non": unit(per.get("defective", {}).get("image_auroc")),
         "slightly_vs_non": unit(per.get("slightly_defective", {}).get("image_auroc")),
         "image_auroc_all": unit(m.get("image_auroc")),
-        "map_max": {k: unit(v.get("image_auroc_max")) for k, v in per.items()},
+        "formula": {k: unit(v.get("image_auroc_formula")) for k, v in per.items()},
         "train_images": len(s.train),
         "train_sources": len({source_of(p) for p in s.train}),
         "test_images": {k: len(v) for k, v in s.test.items()},
@@ -217,14 +217,15 @@ def real_markdown(r: dict) -> str:
     trained = duration(r["train_seconds"]) + ("" if steps is None else f", {steps} steps")
     row += [trained, r["budget"], f"`{r['code']}`"]
     note = (
-        "Image AUROC of the model's image score; trained on NonDefective images only, "
-        "exported with no labelled data (calibrated on the run's held-out normals)."
+        "Image AUROC of the model's image decision (the score map's maximum); trained on "
+        "NonDefective images only, exported with no labelled data (calibrated on the run's "
+        "held-out normals)."
     )
-    maxima = r.get("map_max") or {}
-    if any(v is not None for v in maxima.values()):
+    formula = r.get("formula") or {}
+    if any(v is not None for v in formula.values()):
         note += (
-            " With the map maximum as image score instead: Defective "
-            f"{fmt(maxima.get('defective'))}, SlightlyDefective "
-            f"{fmt(maxima.get('slightly_defective'))}."
+            " With the formula's image value (alpha mean (D-1)^2 + (1-alpha) RMS residual) "
+            f"instead: Defective {fmt(formula.get('defective'))}, SlightlyDefective "
+            f"{fmt(formula.get('slightly_defective'))}."
         )
     return f"# Real SEM: the PAN set\n\n{table(header, [row])}\n\n{note}"
