@@ -46,7 +46,8 @@ def test_matrix_smoke(tmp_path):
     assert row["per_type"] and {"bead", "film"} <= set(row["per_type"])
     for per in row["per_type"].values():
         assert 0.0 <= per["pixel_auroc"] <= 1.0 and 0.0 <= per["aupro"] <= 1.0
-    assert row["train_seconds"] > 0 and row["images_per_s"] > 0
+    filled = (row["train_seconds"], row["images_per_s"])  # measured, not a timing bound
+    assert all(v > 0 for v in filled)
     assert row["budget"] == "3 steps" and row["settings"]["size"] == "128x96"
     assert "| classic |" in (out / "matrix.md").read_text()
     # no labelled image reaches training or export: the training set holds normals only
