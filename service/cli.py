@@ -177,21 +177,22 @@ def calibrate(
     image_fpr: float = 0.05,
 ):
     """Recalibrate a model in place on DATA: its normals, with pasted synthetic defects or,
-    if DATA has them, labelled defects (thresholds then at best F1)."""
-    from training.calibrate import calibrate as run_calibrate
+    if DATA has them, labelled defects (thresholds then at best F1). Bad values are refused
+    before any work; the file is replaced only once the new calibration is complete."""
+    from models.detector import Detector
+    from training.calibrate import calibrate_in_place, check_settings
     from training.export import calibration_set
 
+    settings = {
+        "alpha": alpha,
+        "sigma": sigma,
+        "min_area": min_area,
+        "pixel_fpr": pixel_fpr,
+        "image_fpr": image_fpr,
+    }
+    check_settings(**settings, sigma_max=Detector(model, providers=("cpu",)).meta.sigma_max)
     normals, labelled = calibration_set(data, 0.0, None)
-    meta = run_calibrate(
-        model,
-        normals,
-        labelled,
-        alpha=alpha,
-        sigma=sigma,
-        min_area=min_area,
-        pixel_fpr=pixel_fpr,
-        image_fpr=image_fpr,
-    )
+    meta = calibrate_in_place(model, normals, labelled, **settings)
     typer.echo(f"wrote {model}")
     _report_calibration(meta)
 

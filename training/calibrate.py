@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from onnx import numpy_helper
 
 from models.artifact import ArtifactMeta
 from models.detector import Detector
-from models.errors import ArtifactError, DataError
+from models.errors import ArtifactError, DataError, NanoinspectError
 from models.scale import resample, to_scale
 from training import metrics, selfcheck
 from training.selfcheck import Choice, Labelled
@@ -31,6 +32,43 @@ IMAGE_FPR = 0.05  # share of normal images above tau
 SCALES = ("d_scale", "r_scale", "f_scale", "t_scale")
 TERMS = "drft"
 CHECK_NORMALS = 12  # held-out normals the self-check pastes into (3 images each): enough to rank
+
+
+def check_settings(
+    *,
+    alpha: float | None,
+    sigma: float | None,
+    min_area: int | None,
+    pixel_fpr: float = PIXEL_FPR,
+    image_fpr: float = IMAGE_FPR,
+    sigma_max: float,
+) -> None:
+    """Refuse a value the runtime would refuse, before any work: a model calibrated with it
+    could never serve."""
+    if alpha is not None and not 0.0 <= alpha <= 1.0:
+        raise NanoinspectError(f"--alpha must lie in [0, 1], not {alpha:g}")
+    if sigma is not None and not 0.0 <= sigma <= sigma_max:
+        raise NanoinspectError(f"--sigma must lie in [0, {sigma_max:g}], not {sigma:g}")
+    if min_area is not None and min_area < 0:
+        raise NanoinspectError(f"--min-area must be >= 0 pixels, not {min_area}")
+    for name, fpr in (("--pixel-fpr", pixel_fpr), ("--image-fpr", image_fpr)):
+        if not 0.0 < fpr < 1.0:
+            raise NanoinspectError(f"{name} must lie in (0, 1), not {fpr:g}")
+
+
+def calibrate_in_place(
+    path: Path, normals: list[np.ndarray], labelled: list[Labelled] = (), **settings
+) -> ArtifactMeta:
+    """calibrate() on a copy, which replaces path only once complete: a failure (or a kill)
+    leaves the old model as it was."""
+    tmp = path.with_name(f".{path.name}.calibrate.tmp")
+    try:
+        shutil.copyfile(path, tmp)
+        meta = calibrate(tmp, normals, labelled, **settings)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return meta
 
 
 def write_artifact(model: onnx.ModelProto, meta: ArtifactMeta, path: Path) -> None:
@@ -81,10 +119,19 @@ def calibrate(
     image_fpr: float = IMAGE_FPR,
     seed: int = 0,
 ) -> ArtifactMeta:
-    """Calibrate the artifact at path in place; returns its new metadata."""
+    """Calibrate the artifact at path, rewriting it (see calibrate_in_place for a model in
+    use); returns its new metadata."""
+    det = Detector(path, providers=("cpu",))
+    check_settings(
+        alpha=alpha,
+        sigma=sigma,
+        min_area=min_area,
+        pixel_fpr=pixel_fpr,
+        image_fpr=image_fpr,
+        sigma_max=det.meta.sigma_max,
+    )
     if not normals:
         raise DataError("calibration needs at least one held-out normal image")
-    det = Detector(path, providers=("cpu",))
     meta = det.meta.with_(min_area=det.meta.min_area if min_area is None else min_area)
     normals = [to_scale(img, meta.fibre_scale)[0] for img in normals]  # as the Detector sees them
     labelled = [_zoomed(s, meta.fibre_scale) for s in labelled]
