@@ -109,7 +109,11 @@ class Detector:
     CPU (TensorRT only when asked). require_gpu makes a CPU fallback an error.
     fixed_size: every image has the same size, so cuDNN may search exhaustively, once per
     shape, for its fastest convolutions (with varying sizes that search would rerun for
-    each new shape: the heuristic choice is used instead).
+    each new shape: the heuristic choice is used instead), and onnxruntime may plan its
+    memory per shape (a memory pattern: with varying sizes it keeps one per shape seen).
+    batch_pixels: at most this many pixels per inference call (and at most batch_size
+    images; one image always runs): the arena's peak grows with a call's pixels, not its
+    image count. None: batch_size alone.
     trt_cache: a folder (a volume) where TensorRT keeps its built engines across restarts.
     """
 
@@ -121,6 +125,7 @@ class Detector:
         require_gpu: bool = False,
         threads: int | None = None,
         batch_size: int = 8,
+        batch_pixels: int | None = None,
         tile: int = 1536,
         halo: int = 96,
         fixed_size: bool = False,
@@ -142,6 +147,7 @@ class Detector:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.log_severity_level = 3
+        options.enable_mem_pattern = fixed_size
         with_options = [(p, provider_options(p, fixed_size, trt_cache)) for p in wanted]
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=with_options)
@@ -167,7 +173,7 @@ class Detector:
             if any(PROVIDERS[p] in GPU_PROVIDERS for p in providers):
                 log.warning("no usable GPU: scoring runs on %s", self.provider)
         self.sha256 = file_sha256(self.path)
-        self.batch_size = batch_size
+        self.batch_size, self.batch_pixels = batch_size, batch_pixels
         self.tile = tile - tile % self.meta.stride
         self.halo = halo
 
@@ -199,6 +205,27 @@ class Detector:
         self.session.run_with_iobinding(binding)
         values = dict(zip(OUTPUTS, binding.get_outputs(), strict=True))
         return {name: values[name].numpy() for name in outputs}
+
+    def per_call(self, shape: tuple[int, int]) -> int:
+        """How many images of `shape` (H, W) go into one inference call."""
+        if self.batch_pixels is None:
+            return self.batch_size
+        return max(1, min(self.batch_size, self.batch_pixels // (shape[0] * shape[1])))
+
+    def trim(self) -> None:
+        """Give the memory arena's free chunks back to the system (a minimal run that shrinks
+        the arena at its end): an idle server returns to its post-warm-up size."""
+        import onnxruntime as ort
+
+        shrink = ort.RunOptions()
+        arenas = "cpu:0" if self.provider not in GPU_PROVIDERS else "cpu:0;gpu:0"
+        shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", arenas)
+        feeds = {
+            "image": np.zeros((1, 1, MIN_SIDE, MIN_SIDE), np.float32),
+            "alpha": np.asarray(self.meta.alpha, dtype=np.float32),
+            "sigma": np.asarray(self.meta.sigma, dtype=np.float32),
+        }
+        self.session.run(["score"], feeds, shrink)
 
     def warm_up(self, size: tuple[int, int] = (256, 256)) -> None:
         self.run(np.zeros((1, 1, size[1], size[0]), np.float32), self.meta.alpha, self.meta.sigma)
@@ -240,10 +267,15 @@ class Detector:
                 maps[i] = self._stitched(img, alpha, sigma)
             else:
                 groups.setdefault(img.shape, []).append(i)
-        for idx in groups.values():
-            for k in range(0, len(idx), self.batch_size):
-                chunk = idx[k : k + self.batch_size]
-                batch = np.stack([images[i] for i in chunk])[:, None]
+        for shape, idx in groups.items():
+            n = self.per_call(shape)
+            for k in range(0, len(idx), n):
+                chunk = idx[k : k + n]
+                batch = (
+                    images[chunk[0]][None, None]
+                    if len(chunk) == 1
+                    else np.stack([images[i] for i in chunk])[:, None]
+                )
                 out = self.run(batch, alpha, sigma, ("score_map", "score"))
                 for j, i in enumerate(chunk):
                     maps[i] = (out["score_map"][j, 0], float(out["score"][j]), 1)

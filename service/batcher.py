@@ -1,7 +1,9 @@
 """Micro-batching: requests wait in a bounded queue; one collector task groups jobs that can
-share an inference call (same image size and scoring settings) up to `batch_size` or
-`batch_wait`, and runs `Detector.score` in ONE dedicated thread, so the event loop never
-runs inference and the model never runs twice at once.
+share an inference call (same image size and scoring settings) up to what the model takes
+in one call (`Detector.per_call`: a count and a pixel budget) or `batch_wait`, and runs
+`Detector.score` in ONE dedicated thread, so the event loop never runs inference and the
+model never runs twice at once. After `idle_release_s` without work, the models that ran
+give their arena's free memory back (`Detector.trim`), so a burst's peak is not kept.
 
 Each job carries the model it was submitted for (its defaults resolved its settings), and a
 batch holds jobs of one model only: after a model swap, jobs already queued finish on the old
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +37,10 @@ class DeadlineExceeded(Exception):
 
 class Model(Protocol):
     def score(self, images: list[np.ndarray], **params: Any) -> list: ...
+
+    def per_call(self, shape: tuple[int, int]) -> int: ...
+
+    def trim(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -60,14 +67,16 @@ class Batcher:
     def __init__(
         self,
         *,
-        batch_size: int,
         batch_wait_s: float,
         queue_size: int,
+        idle_release_s: float,
         observe: Callable[[int, float], None] = lambda n, s: None,
         depth: Callable[[int], None] = lambda n: None,
     ):
         self._observe, self._depth = observe, depth
-        self.batch_size, self.batch_wait_s, self.queue_size = batch_size, batch_wait_s, queue_size
+        self.batch_wait_s, self.queue_size = batch_wait_s, queue_size
+        self.idle_release_s = idle_release_s
+        self._ran: weakref.WeakSet[Model] = weakref.WeakSet()  # since the last release
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._held: deque[Job] = deque()  # taken from the queue but not in this batch's group
         self._waiting = 0  # jobs submitted and not yet running: what queue_size bounds
@@ -118,17 +127,35 @@ class Batcher:
             except Exception:  # never let one bad batch stop the service
                 log.exception("batch of %d failed", len(batch))
 
+    async def _next(self) -> Job:
+        """The next queued job; if none comes within idle_release_s, the models that ran
+        since the last release first give their free memory back."""
+        if self._ran:
+            try:
+                return await asyncio.wait_for(self._queue.get(), self.idle_release_s)
+            except TimeoutError:
+                ran, self._ran = list(self._ran), weakref.WeakSet()
+                try:
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._executor, lambda: [m.trim() for m in ran]
+                    )
+                except Exception:  # memory stays held; scoring is unaffected
+                    log.exception("releasing the models' free memory failed")
+        return await self._queue.get()
+
     async def _collect(self) -> list[Job]:
-        """Wait for a first job, then gather jobs with its key until full or batch_wait."""
-        first = self._held.popleft() if self._held else await self._queue.get()
+        """Wait for a first job, then gather jobs with its key until its model's per-call
+        limit or batch_wait."""
+        first = self._held.popleft() if self._held else await self._next()
+        limit = first.model.per_call(first.image.shape)
         batch = [first]
         for job in list(self._held):
-            if len(batch) < self.batch_size and job.key == first.key:
+            if len(batch) < limit and job.key == first.key:
                 self._held.remove(job)
                 batch.append(job)
         loop = asyncio.get_running_loop()
         until = loop.time() + self.batch_wait_s
-        while len(batch) < self.batch_size and (left := until - loop.time()) > 0:
+        while len(batch) < limit and (left := until - loop.time()) > 0:
             try:
                 job = await asyncio.wait_for(self._queue.get(), left)
             except TimeoutError:
@@ -152,6 +179,7 @@ class Batcher:
         started = time.perf_counter()
         images = [job.image for job in live]
         model, params = live[0].model, live[0].params  # the same for the whole batch
+        self._ran.add(model)
         loop = asyncio.get_running_loop()
         try:
             results = await loop.run_in_executor(

@@ -86,6 +86,7 @@ class Inspector:
             require_gpu=s.require_gpu,
             threads=s.threads,
             batch_size=s.batch_size,
+            batch_pixels=s.batch_pixels,
             tile=s.tile,
             fixed_size=s.fixed_size,
             trt_cache=s.trt_cache,
@@ -108,9 +109,9 @@ class Inspector:
         s, old = self.settings, self.detector
         if self.batcher is None:
             self.batcher = Batcher(
-                batch_size=s.batch_size,
                 batch_wait_s=s.batch_wait_ms / 1000,
                 queue_size=s.queue_size,
+                idle_release_s=s.idle_release_s,
                 observe=self.metrics.observe_batch,
                 depth=self.metrics.queue_depth.set,
             )
@@ -220,7 +221,8 @@ class Inspector:
         """Decode and score one upload; every failure is an ApiError."""
         detector = self.ready()  # this request's model, even if another is swapped in meanwhile
         t0 = time.perf_counter()
-        decoded = await self.decode(part, params.crop_bottom, deadline)
+        bits = detector.meta.sample_bits  # untagged 16-bit data: read as the model was trained
+        decoded = await self.decode(part, params.crop_bottom, deadline, bits)
         decode_ms = (time.perf_counter() - t0) * 1000
         resolved = self.resolve(params, detector)
         assert self.batcher is not None
@@ -247,7 +249,9 @@ class Inspector:
             self.identity(detector),
         )  # fmt: skip
 
-    async def decode(self, part: Part, crop_bottom: int, deadline: float) -> Decoded:
+    async def decode(
+        self, part: Part, crop_bottom: int, deadline: float, sample_bits: int = 16
+    ) -> Decoded:
         """Decode in the bounded thread pool. Uploads waiting for a thread are bounded too
         (queue_size: beyond, 503) and by their deadline (504), so a busy pool never hangs."""
         if self._decoding >= self.settings.queue_size:
@@ -258,6 +262,7 @@ class Inspector:
             max_pixels=self.settings.max_pixels,
             crop_bottom=crop_bottom,
             name=part.filename or "file",
+            sample_bits=sample_bits,
         )
         self._decoding += 1
         try:

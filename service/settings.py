@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     decode_threads: int = Field(2, ge=1, description="images decoded at once")
 
     batch_size: int = Field(8, ge=1, description="images per inference call")
+    batch_pixels: int = Field(
+        1 << 20, ge=1, description="pixels per inference call (one image always runs): "
+        "onnxruntime's memory peak follows it",
+    )  # fmt: skip
+    idle_release_s: float = Field(
+        1.0, ge=0, description="after this long without images, free inference memory is returned"
+    )
     batch_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill")
     queue_size: int = Field(64, ge=1, description="images waiting beyond this get 503")
     request_timeout_s: float = Field(60.0, gt=0, description="deadline per request")

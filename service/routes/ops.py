@@ -43,6 +43,7 @@ async def model(inspector: InspectorDep, settings: SettingsDep) -> ModelOut:
         "max_pixels": settings.max_pixels,
         "max_batch_files": settings.max_batch_files,
         "batch_size": settings.batch_size,
+        "batch_pixels": settings.batch_pixels,
         "queue_size": settings.queue_size,
         "request_timeout_s": settings.request_timeout_s,
         "rate_limit": settings.rate_limit,
