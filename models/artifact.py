@@ -34,6 +34,8 @@ class ArtifactMeta:
     train_config: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)  # how the numbers above were set
     fibre_scale: float = 0.0  # models.scale of the training images; inputs are zoomed to it
+    sample_bits: int = 16  # significant bits of the training images' 16-bit data: untagged
+    # 16-bit inputs are read at this depth (models.images), as training read them
     data_digest: str = ""  # sha256 of the training images
     code_version: str = ""
     created: str = ""

@@ -10,8 +10,11 @@ Image.MAX_IMAGE_PIXELS (89 Mpx by default) caps max_pixels, so an image Pillow w
 about is rejected; PngImagePlugin caps each zTXt/iTXt/iCCP chunk at 1 MB decompressed and
 all text at 64 MB, less than the pixels themselves may take.
 
-Values: 8-bit / 255, 16-bit (and 32-bit integers within 0..65535) / 65535, float kept when
-already in [0, 1]; other float or integer data is min-max scaled, with a note saying so.
+Values: 8-bit / 255; 16-bit (and 32-bit integers within 0..65535) / (2^bits - 1), where bits
+is what the TIFF declares (BitsPerSample below 16, or MaxSampleValue / SMaxSampleValue rounded
+up to whole bits: SEM detectors often write 12-bit values into 16-bit files), else the
+caller's `sample_bits` (the model's training depth, 16 by default), said in the notes; float
+kept when already in [0, 1]; other float or integer data is min-max scaled, with a note.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ _MAGIC = (  # (prefix, offset, format, supported)
 _EIGHT_BIT_MODES = {"1", "L", "P", "PA", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX"}
 _VIA_RGB_MODES = {"CMYK", "YCbCr", "LAB", "HSV"}
 _UINT16_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+BITS_PER_SAMPLE, MAX_SAMPLE_VALUE, S_MAX_SAMPLE_VALUE = 258, 281, 341  # TIFF tags
 # numpy versions of PIL's EXIF transposes (orientation tag 0x0112, values 2..8)
 _ORIENT = {
     2: lambda a: a[:, ::-1],
@@ -70,7 +74,7 @@ _ORIENT = {
 class Decoded:
     pixels: np.ndarray  # float32 (H, W) in [0, 1], C-contiguous
     format: str  # one of SUPPORTED_FORMATS
-    bit_depth: int  # 8 or 16, 32 for float or 32-bit integer data
+    bit_depth: int  # 8, 9-16 for 16-bit containers (as scaled), 32 for float or 32-bit data
     frames: int  # pages/frames in the file; the first is used
     notes: tuple[str, ...]  # human-readable remarks on what was done
 
@@ -81,9 +85,11 @@ def decode_image(
     max_pixels: int = 64_000_000,
     crop_bottom: float | int = 0,
     name: str = "image",
+    sample_bits: int = 16,
 ) -> Decoded:
     """Decode the first frame of `data`; crop_bottom removes the SEM info banner
-    (int: pixels, float in [0, 1): fraction of the height)."""
+    (int: pixels, float in [0, 1): fraction of the height); 16-bit data without a bit-depth
+    tag is read as `sample_bits` significant bits."""
     if not data:
         raise ImageError(f"{name}: the file is empty", code="empty")
     fmt = _sniff(data, name)
@@ -114,7 +120,7 @@ def decode_image(
         if isinstance(e, UnidentifiedImageError):
             detail = "header not understood: corrupt, or a variant Pillow cannot read"
         raise ImageError(f"{name}: corrupt or truncated {fmt} ({detail})", code="corrupt") from None
-    grey, depth = _to_grey(im, name, notes)
+    grey, depth = _to_grey(im, name, notes, sample_bits)
     orientation = _orientation(im, notes)
     if orientation in _ORIENT:
         grey = _ORIENT[orientation](grey)
@@ -126,7 +132,11 @@ def decode_image(
 
 
 def load_image(
-    path: str | Path, *, max_pixels: int = 256_000_000, crop_bottom: float | int = 0
+    path: str | Path,
+    *,
+    max_pixels: int = 256_000_000,
+    crop_bottom: float | int = 0,
+    sample_bits: int = 16,
 ) -> Decoded:
     """Read a file and decode it; the file name is in every error message."""
     path = Path(path)
@@ -134,7 +144,13 @@ def load_image(
         data = path.read_bytes()
     except OSError as e:
         raise ImageError(f"{path}: cannot read ({e.strerror or e})", code="unreadable") from None
-    return decode_image(data, max_pixels=max_pixels, crop_bottom=crop_bottom, name=str(path))
+    return decode_image(
+        data,
+        max_pixels=max_pixels,
+        crop_bottom=crop_bottom,
+        name=str(path),
+        sample_bits=sample_bits,
+    )
 
 
 def _sniff(data: bytes, name: str) -> str:
@@ -195,7 +211,35 @@ def _check_shape(size: tuple[int, int], name: str, limit: int) -> None:
         )
 
 
-def _to_grey(im: Image.Image, name: str, notes: list[str]) -> tuple[np.ndarray, int]:
+def _declared_bits(im: Image.Image) -> int | None:
+    """The significant bits a TIFF declares for its integer samples, if it does."""
+    tags = getattr(im, "tag_v2", None)
+    if tags is None:
+        return None
+    for tag in (MAX_SAMPLE_VALUE, S_MAX_SAMPLE_VALUE):
+        value = tags.get(tag)
+        value = value[0] if isinstance(value, tuple) and value else value
+        if isinstance(value, int | float) and 0 < value < 65535:
+            return max(8, int(value).bit_length())
+    bits = tags.get(BITS_PER_SAMPLE)
+    bits = bits[0] if isinstance(bits, tuple) and bits else bits
+    return bits if isinstance(bits, int) and 8 < bits < 16 else None
+
+
+def _sixteen_bit(a: np.ndarray, im: Image.Image, notes: list[str], sample_bits: int):
+    """Values of a 16-bit container scaled by the declared depth, else by sample_bits (unless
+    the data exceeds it), and the depth used."""
+    bits = _declared_bits(im)
+    if bits is None:
+        bits = sample_bits if int(a.max(initial=0)) < 1 << sample_bits else 16
+        notes.append(f"no bit-depth tag: values scaled as {bits}-bit (/ {(1 << bits) - 1})")
+    grey = a.astype(np.float32) / np.float32((1 << bits) - 1)
+    return np.minimum(grey, 1.0, out=grey), bits
+
+
+def _to_grey(
+    im: Image.Image, name: str, notes: list[str], sample_bits: int
+) -> tuple[np.ndarray, int]:
     """Grey float in [0, 1] and the source bit depth; 16-bit data keeps its precision."""
     mode = im.mode
     if mode in _EIGHT_BIT_MODES or mode in _VIA_RGB_MODES:
@@ -209,16 +253,14 @@ def _to_grey(im: Image.Image, name: str, notes: list[str]) -> tuple[np.ndarray, 
         grey /= 255.0
         return grey, 8
     if mode in _UINT16_MODES:
-        grey = np.array(im, dtype=np.float32)
-        grey /= 65535.0
-        return grey, 16
+        return _sixteen_bit(np.asarray(im), im, notes, sample_bits)
     if mode in ("I", "F"):
         a = np.asarray(im)
         if mode == "F" and not np.isfinite(a).all():
             raise ImageError(f"{name}: float image contains NaN or infinite values")
         lo, hi = float(a.min()), float(a.max())
         if mode == "I" and lo >= 0 and hi <= 65535:
-            return a.astype(np.float32) / np.float32(65535.0), 16
+            return _sixteen_bit(a, im, notes, sample_bits)
         if mode == "F" and lo >= 0 and hi <= 1:
             return a.astype(np.float32), 32
         notes.append(f"values in [{lo:g}, {hi:g}] min-max scaled to [0, 1]")

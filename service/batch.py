@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from models.detector import Detector
@@ -20,6 +21,8 @@ from models.errors import NanoinspectError
 from service.batch_inputs import Item, check_output_names, expand
 from service.batch_rows import KINDS, crop_of
 from service.batch_store import RESULTS, Store, storage_error
+
+SHOWN_ERRORS = 5  # error lines printed; the results hold them all
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,8 @@ class Summary:
 
 
 def validate(job: Job) -> None:
+    if job.out.exists() and not job.out.is_dir():
+        raise NanoinspectError(f"--out {job.out} is a file, not a results folder")
     unknown = set(job.kinds) - set(KINDS)
     if unknown:
         raise NanoinspectError(f"unknown outputs {sorted(unknown)}; choose from {KINDS}")
@@ -154,8 +159,21 @@ def run(job: Job) -> Summary:
         scored=len(todo),
         seconds=seconds,
         results=[job.out / name for name in RESULTS],
-        errors=table.filter(pc.is_valid(table["error"]))["error"].to_pylist()[:5],
+        errors=_shown_errors(table.filter(pc.is_valid(table["error"]))),
     )
+
+
+def _shown_errors(failed: pa.Table) -> list[str]:
+    """The first SHOWN_ERRORS error lines, paths as the user would type them (relative to
+    the working folder when under it), and how many more the results hold."""
+    lines = []
+    for path, error in zip(failed["path"].to_pylist(), failed["error"].to_pylist(), strict=True):
+        if len(lines) == SHOWN_ERRORS:
+            lines.append(f"... and {failed.num_rows - SHOWN_ERRORS} more (see the error column)")
+            break
+        rel = os.path.relpath(path)
+        lines.append(error.replace(path, rel, 1) if not rel.startswith("..") else error)
+    return lines
 
 
 def _engine(
@@ -164,7 +182,7 @@ def _engine(
     if job.engine == "ray":
         from service.engines_ray import ray_rows
 
-        return ray_rows(job, todo, detector.sha256, crop)
+        return ray_rows(job, todo, detector.sha256, crop, detector.meta.sample_bits)
     from service.engines_local import local_rows
 
     return local_rows(job, todo, detector, crop)

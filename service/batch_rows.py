@@ -40,11 +40,13 @@ def crop_of(train_config: dict) -> float | int:
     return int(crop) if crop >= 1 else crop
 
 
-def load(path: str, crop_bottom: float | int) -> Loaded:
-    """Decode one file (runs in a worker thread, process or Ray task; picklable result)."""
+def load(path: str, crop_bottom: float | int, sample_bits: int = 16) -> Loaded:
+    """Decode one file (runs in a worker thread, process or Ray task; picklable result);
+    untagged 16-bit data is read as the model's training images were (sample_bits)."""
     t0 = time.perf_counter()
     try:
-        pixels, error, code = load_image(path, crop_bottom=crop_bottom).pixels, None, None
+        decoded = load_image(path, crop_bottom=crop_bottom, sample_bits=sample_bits)
+        pixels, error, code = decoded.pixels, None, None
     except NanoinspectError as e:
         pixels, error, code = None, str(e), e.code
     except Exception as e:  # a decoder bug must cost one row, not the night's job

@@ -93,6 +93,34 @@ def synth(
     typer.echo(f"wrote {out}: {json.dumps(counts)}")
 
 
+BUDGET = ("max_steps", "max_minutes")  # a resumed run may change these, nothing else
+
+
+def _resume_differences(out: Path, config: Path | None, seed: int | None, model_cfg, cfg) -> None:
+    """Refuse --resume with a --config or --seed other than the run's, naming what differs
+    (a resumed run keeps its settings; silently ignoring the new ones would mislead)."""
+    from dataclasses import asdict
+
+    saved_file = out / "config.json"
+    if not saved_file.is_file() or (config is None and seed is None):
+        return
+    saved = json.loads(saved_file.read_text())
+    diffs = [] if seed is None or seed == saved["seed"] else [f"seed {saved['seed']} -> {seed}"]
+    if config is not None:
+        for section, now in (("model", asdict(model_cfg)), ("train", asdict(cfg))):
+            diffs += [
+                f"{section}.{k} {saved[section].get(k)!r} -> {v!r}"
+                for k, v in now.items()
+                if k not in BUDGET and saved[section].get(k) != v
+            ]
+    if diffs:
+        raise NanoinspectError(
+            f"--resume: {out} was started with other settings ({'; '.join(diffs)}): resume "
+            "with the run's own (only --max-steps and --max-minutes may change), or choose "
+            "another --out"
+        )
+
+
 @app.command()
 @one_line_errors
 def train(
@@ -106,21 +134,46 @@ def train(
         float | None, typer.Option(help="training budget in minutes (default: the config's, 10)")
     ] = None,
     device: str = "auto",
-    seed: int = 0,
+    seed: Annotated[int | None, typer.Option(help="random seed (default 0)")] = None,
     resume: bool = False,
+    allow_data_change: Annotated[
+        bool, typer.Option("--allow-data-change", help="--resume on other data than the run's")
+    ] = False,
 ):
-    """Fit the BiGAN on normal images (runs under torchrun for several processes)."""
+    """Fit the BiGAN on normal images (runs under torchrun for several processes).
+    SIGTERM or ^C writes a checkpoint first; --resume continues from it."""
     from dataclasses import replace
 
     from training.config import load_config
+    from training.signals import StopSignals, TrainingInterrupted
     from training.train import train as fit
 
     model_cfg, cfg = load_config(config)
+    if resume:
+        _resume_differences(out, config, seed, model_cfg, cfg)
     if max_steps is not None:
         cfg = replace(cfg, max_steps=max_steps)
     if max_minutes is not None:
         cfg = replace(cfg, max_minutes=max_minutes)
-    path = fit(data, out, model_cfg, cfg, seed=seed, device=device, resume=resume)
+    with StopSignals() as stop:
+        path = fit(
+            data,
+            out,
+            model_cfg,
+            cfg,
+            seed=seed or 0,
+            device=device,
+            resume=resume,
+            allow_data_change=allow_data_change,
+            stop=stop,
+        )
+    if stop.received is not None:
+        import signal
+
+        name = signal.Signals(stop.received).name
+        raise TrainingInterrupted(
+            f"{name}: stopped with checkpoint {path}; continue with --resume", stop.received
+        )
     typer.echo(f"checkpoint {path}; best by the self-check: {out / 'best.pt'}")
 
 
@@ -134,11 +187,13 @@ def export(
     alpha: Annotated[
         float | None, typer.Option(help="fix alpha (default: chosen on labelled data, else 0.5)")
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing --out")] = False,
 ):
-    """Export a run to one ONNX file: parity-checked against torch, then calibrated."""
+    """Export a run to one ONNX file: parity-checked against torch, then calibrated. An
+    existing file is kept unless --force."""
     from training.export import export as run_export
 
-    meta, parity = run_export(run, out, data=calibrate, name=name, alpha=alpha)
+    meta, parity = run_export(run, out, data=calibrate, name=name, alpha=alpha, force=force)
     typer.echo(f"wrote {out}: parity max |ort - torch| = {parity:.2e}")
     _report_calibration(meta)
 
@@ -213,7 +268,8 @@ def evaluate(
 
     result = run_evaluate(model, data, out, save_maps=save_maps, alpha=alpha)
     keys = ("image_auroc", "image_auroc_formula", "pixel_auroc", "aupro", "pixel_f1", "pixel_iou")
-    typer.echo(json.dumps({k: round(result[k], 4) for k in keys if k in result}))
+    shown = {k: result[k] for k in keys if k in result}
+    typer.echo(json.dumps({k: v if v is None else round(v, 4) for k, v in shown.items()}))
     typer.echo(f"report {out / 'report.html'}")
 
 

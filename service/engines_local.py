@@ -43,11 +43,11 @@ def local_rows(
     decoding: deque[tuple[Item, Future]] = deque()
     buckets: dict[tuple[int, ...], list[tuple[Item, Loaded]]] = {}
     saving: deque[Future] = deque()
-    sha = detector.sha256
+    sha, bits = detector.sha256, detector.meta.sample_bits
 
     def top_up() -> None:
         while len(decoding) < ahead and (item := next(feed, None)) is not None:
-            decoding.append((item, decoders.submit(load, item.path, crop)))
+            decoding.append((item, decoders.submit(load, item.path, crop, bits)))
 
     def score(shape: tuple[int, ...]) -> None:
         bucket = buckets.pop(shape)

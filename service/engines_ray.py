@@ -40,11 +40,11 @@ DECODED = pa.schema(
 )
 
 
-def decode_batch(batch: pa.Table, crop_bottom: float | int) -> pa.Table:
+def decode_batch(batch: pa.Table, crop_bottom: float | int, sample_bits: int) -> pa.Table:
     """Ray task: files -> float32 pixels as bytes (Arrow has no ragged 2-D type to lean on)."""
     rows = []
     for path, rel in zip(batch["path"].to_pylist(), batch["relative"].to_pylist(), strict=True):
-        x = load(path, crop_bottom)
+        x = load(path, crop_bottom, sample_bits)
         h, w = x.pixels.shape if x.pixels is not None else (None, None)
         pixels = x.pixels.tobytes() if x.pixels is not None else None
         rows.append(
@@ -114,7 +114,9 @@ def import_ray():
     return ray
 
 
-def ray_rows(job: Job, todo: list[Item], sha256: str, crop: float | int) -> Iterator[list[dict]]:
+def ray_rows(
+    job: Job, todo: list[Item], sha256: str, crop: float | int, sample_bits: int
+) -> Iterator[list[dict]]:
     """Rows of `todo` as Ray produces them; starts (and stops) a local Ray unless given an
     address or already connected."""
     ray = import_ray()
@@ -137,7 +139,7 @@ def ray_rows(job: Job, todo: list[Item], sha256: str, crop: float | int) -> Iter
         items = [{"path": i.path, "relative": i.relative} for i in todo]
         ds = ray.data.from_items(items).map_batches(
             decode_batch,
-            fn_kwargs={"crop_bottom": crop},
+            fn_kwargs={"crop_bottom": crop, "sample_bits": sample_bits},
             batch_size=job.batch_size,
             batch_format="pyarrow",
             num_cpus=0.5,  # unlike the actors' 1: keeps Ray from fusing decoding into them

@@ -3,17 +3,46 @@ was not asked to, mistakes end as one line and exit 2, and the output is the pro
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
+import onnx
+import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
+from models.detector import Detector
+from models.images import load_image
 from service.cli import app
+
+TINY = """[model]
+channels = 8
+latent_channels = 8
+disc_channels = 8
+
+[train]
+patch_size = 32
+batch_size = 2
+checkpoint_every = 1000
+holdout_fraction = 0.3
+"""
 
 
 def _run(*args: str):
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _tiny_config(folder: Path) -> Path:
+    path = folder / "tiny.toml"
+    path.write_text(TINY)
+    return path
 
 
 def _one_line_error(result, needle: str, code: int = 2) -> None:
@@ -77,3 +106,279 @@ def test_calibrate_prints_what_it_chose_and_wrote(tiny_model, synth_data, tmp_pa
     assert lines[0] == f"wrote {model}"
     assert "sigma 4" in lines[1] and len(lines[1]) < 300
     assert Path(model).read_bytes() != tiny_model.read_bytes()
+
+
+# 12-bit SEM data in 16-bit TIFFs
+
+
+def _twelve_bit_tiff(png: Path, out: Path, tags: dict | None = None) -> Path:
+    """The 8-bit image as a 12-bit detector writes it: values 0..4095 in a 16-bit TIFF."""
+    grey = np.asarray(Image.open(png).convert("L"), np.float64)
+    values = np.round(grey / 255 * 4095).astype(np.uint16)
+    Image.fromarray(values).save(out, "TIFF", tiffinfo=tags or {})
+    return out
+
+
+@pytest.mark.parametrize("tag", [281, 341])  # MaxSampleValue, SMaxSampleValue
+def test_twelve_bit_tiff_is_scaled_by_its_declared_depth(synth_data, tmp_path, tag):
+    png = synth_data / "test" / "bead" / "000.png"
+    tiff = _twelve_bit_tiff(png, tmp_path / "bead.tif", {tag: 4095})
+    decoded = load_image(tiff)
+    assert decoded.bit_depth == 12 and decoded.notes == ()
+    np.testing.assert_allclose(decoded.pixels, load_image(png).pixels, atol=1 / 4095)
+
+
+def test_untagged_sixteen_bit_says_which_scaling_and_follows_the_model(synth_data, tmp_path):
+    png = synth_data / "test" / "bead" / "000.png"
+    tiff = _twelve_bit_tiff(png, tmp_path / "bead.tif")
+    as16 = load_image(tiff)
+    assert as16.bit_depth == 16 and as16.pixels.max() < 0.07
+    assert as16.notes == ("no bit-depth tag: values scaled as 16-bit (/ 65535)",)
+    as12 = load_image(tiff, sample_bits=12)
+    assert as12.notes == ("no bit-depth tag: values scaled as 12-bit (/ 4095)",)
+    np.testing.assert_allclose(as12.pixels, load_image(png).pixels, atol=1 / 4095)
+    full = np.full((16, 16), 60000, np.uint16)  # data beyond 12 bits is not squeezed
+    Image.fromarray(full).save(tmp_path / "full.tif")
+    assert load_image(tmp_path / "full.tif", sample_bits=12).pixels.max() == pytest.approx(
+        60000 / 65535
+    )
+
+
+def _with_sample_bits(model: Path, out: Path, bits: int | None) -> Path:
+    """A copy of the model whose metadata records another training depth (None: an artifact
+    from before the field existed)."""
+    proto = onnx.load(model)
+    props = {p.key: p.value for p in proto.metadata_props}
+    props.pop("sample_bits")
+    if bits is not None:
+        props["sample_bits"] = str(bits)
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+    onnx.save(proto, out)
+    return out
+
+
+def test_scoring_reads_untagged_data_as_the_model_was_trained(tiny_model, synth_data, tmp_path):
+    """A model trained on 12-bit data scores an untagged 12-bit TIFF like the same image in
+    8 bits: in the batch job and over REST. An artifact without the field still loads."""
+    from fastapi.testclient import TestClient
+
+    from models.artifact import ArtifactMeta
+    from service.app import create_app
+    from service.settings import Settings
+
+    old = _with_sample_bits(tiny_model, tmp_path / "old.onnx", None)
+    assert Detector(old, providers=("cpu",)).meta.sample_bits == 16
+    assert ArtifactMeta.__dataclass_fields__["sample_bits"].default == 16
+    model = _with_sample_bits(tiny_model, tmp_path / "m12.onnx", 12)
+    images = tmp_path / "in"
+    images.mkdir()
+    png = synth_data / "test" / "bead" / "000.png"
+    shutil.copyfile(png, images / "a.png")
+    _twelve_bit_tiff(png, images / "b.tif")
+    result = _run("score", model, images, "--out", tmp_path / "scores", "--no-progress")
+    assert result.exit_code == 0, result.output
+    rows = pq.read_table(tmp_path / "scores" / "results.parquet").to_pylist()
+    assert rows[0]["decision_score"] == pytest.approx(rows[1]["decision_score"], rel=1e-2)
+
+    settings = Settings(model=model, providers=["cpu"], threads=1, log_format="text")
+    with TestClient(create_app(settings)) as client:
+        for _ in range(200):
+            if client.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.05)
+        answers = [
+            client.post(
+                "/v1/score?mask_format=none", files={"file": (p.name, p.read_bytes())}
+            ).json()
+            for p in (images / "a.png", images / "b.tif")
+        ]
+    assert answers[1]["bit_depth"] == 12
+    assert answers[1]["notes"] == ["no bit-depth tag: values scaled as 12-bit (/ 4095)"]
+    assert answers[0]["decision_score"] == pytest.approx(answers[1]["decision_score"], rel=1e-2)
+
+
+def test_training_records_the_depth_of_its_images(synth_data, tmp_path):
+    data = tmp_path / "twelve"
+    (data / "train" / "good").mkdir(parents=True)
+    for png in sorted((synth_data / "train" / "good").glob("*.png"))[:4]:
+        _twelve_bit_tiff(png, data / "train" / "good" / f"{png.stem}.tif", {281: 4095})
+    run = tmp_path / "run"
+    result = _run(
+        "train", data, "--out", run, "--max-steps", "1", "--device", "cpu", "--config",
+        _tiny_config(tmp_path),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["sample_bits"] == 12
+
+
+# training: interrupted, resumed, refused
+
+
+def _cli(*args, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_training_writes_a_checkpoint_first(synth_data, tmp_path, signum):
+    run = tmp_path / "run"
+    args = ("train", synth_data, "--out", run, "--device", "cpu", "--max-steps", "100000")
+    proc = _cli(*args, "--config", _tiny_config(tmp_path), "--max-minutes", "5")
+    for _ in range(1200):  # config.json is written just before the first step
+        if (run / "config.json").exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    last = err.strip().splitlines()[-1]
+    name = signal.Signals(signum).name
+    assert last.startswith(f"error: {name}: stopped with checkpoint") and "--resume" in last
+    (ckpt,) = (run / "checkpoints").glob("step_*.pt")
+    assert str(ckpt) in last
+    step = int(ckpt.stem.split("_")[1])
+    assert 0 < step < 1000
+    resumed = _run(*args[:-1], step + 1, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+
+
+@pytest.fixture(scope="module")
+def short_run(synth_data, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("short")
+    run = folder / "run"
+    result = _run(
+        "train", synth_data, "--out", run, "--max-steps", "2", "--device", "cpu", "--config",
+        _tiny_config(folder),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_resume_refuses_other_data_and_settings(short_run, synth_data, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(synth_data, other)
+    Image.new("L", (96, 96), 128).save(other / "train" / "good" / "extra.png")
+    saved = (short_run / "config.json").read_text()
+    base = ("train", "--out", short_run, "--max-steps", "3", "--device", "cpu", "--resume")
+    cfg = tmp_path / "lr.toml"
+    cfg.write_text(TINY.replace("[train]\n", "[train]\nlr = 0.001\n"))
+    cases = {
+        "data": ([other], "is not the data this run was trained on"),
+        "seed": ([synth_data, "--seed", "5"], "seed 0 -> 5"),
+        "config": ([synth_data, "--config", cfg], "train.lr 0.0002 -> 0.001"),
+    }
+    for args, needle in cases.values():
+        _one_line_error(_run(base[0], *args, *base[1:]), needle)
+        assert (short_run / "config.json").read_text() == saved
+    assert len(list((short_run / "checkpoints").glob("*.pt"))) == 1
+
+
+def test_resume_past_max_steps_says_there_is_nothing_to_do(short_run, synth_data):
+    args = ("train", synth_data, "--out", short_run, "--max-steps", "1", "--device", "cpu")
+    result = _run(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "is at step 2, --max-steps is 1: nothing to train" in result.stdout
+    assert "1step" not in result.output and "2step" not in result.output
+
+
+def test_train_refuses_a_file_as_its_run_directory(synth_data, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    _one_line_error(_run("train", synth_data, "--out", afile), "is a file, not a run directory")
+    assert afile.read_text() == "mine"
+
+
+def test_training_names_every_unreadable_image_at_once(synth_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(synth_data / "train" / "good", data)
+    for name in ("x.png", "y.png", "z.png"):
+        (data / name).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    result = _run("train", data, "--out", tmp_path / "run", "--device", "cpu")
+    _one_line_error(result, "3 unreadable images")
+    assert all(name in result.stderr for name in ("x.png", "y.png", "z.png"))
+
+
+# export, evaluate, score: outputs checked before the work
+
+
+def test_export_never_overwrites_unless_forced_and_checks_before_working(
+    tiny_run, tiny_model, tmp_path
+):
+    existing = tmp_path / "m.onnx"
+    existing.write_text("someone's model")
+    folder = tmp_path / "outdir"
+    folder.mkdir()
+    for args, needle in (
+        (["--out", existing], "exists: pass --force"),
+        (["--out", folder], "is a folder"),
+        (["--out", tmp_path / "new.onnx", "--alpha", "2"], "--alpha must lie in [0, 1]"),
+    ):
+        began = time.monotonic()
+        _one_line_error(_run("export", tiny_run, *args), needle)
+        assert time.monotonic() - began < 10, "refused before the export work"
+    assert existing.read_text() == "someone's model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "outdir"]
+    assert not any(folder.iterdir())
+
+
+def test_export_with_force_overwrites_and_keeps_stdout_for_the_result(tiny_run, tmp_path):
+    out = tmp_path / "m.onnx"
+    out.write_text("old")
+    proc = _cli("export", tiny_run, "--out", out, "--force")
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    lines = stdout.strip().splitlines()
+    assert lines[0].startswith(f"wrote {out}: parity") and lines[1].startswith("chosen on")
+    assert len(lines) == 2, stdout
+    assert "[torch.onnx]" not in stdout + stderr and "Warning" not in stderr, stderr
+    assert Detector(out, providers=("cpu",)).meta.sample_bits == 16
+
+
+def test_evaluate_refuses_a_file_as_out(tiny_model, synth_data, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    _one_line_error(_run("evaluate", tiny_model, synth_data, "--out", afile), "is a file")
+    assert afile.read_text() == "mine"
+
+
+def test_evaluate_on_good_images_only_writes_valid_json_and_says_why(
+    tiny_model, synth_data, tmp_path
+):
+    data = tmp_path / "goodonly"
+    shutil.copytree(synth_data / "test" / "good", data / "test" / "good")  # no train/good
+    result = _run("evaluate", tiny_model, data, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout.strip().splitlines()[0])
+    assert shown["image_auroc"] is None
+    saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert saved["image_auroc"] is None and saved["images"] == 4
+    assert "only good test images" in result.stderr
+
+
+def test_score_refuses_a_file_as_out(tiny_model, synth_data, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    result = _run("score", tiny_model, synth_data / "test" / "good", "--out", afile)
+    _one_line_error(result, "is a file, not a results folder")
+    assert afile.read_text() == "mine"
+
+
+def test_score_counts_the_failures_it_does_not_print(tiny_model, synth_data, tmp_path, monkeypatch):
+    sem = tmp_path / "sem"
+    shutil.copytree(synth_data / "test" / "good", sem)
+    for i in range(7):
+        (sem / f"broken{i}.png").write_bytes(b"not an image")
+    monkeypatch.chdir(tmp_path)
+    result = _run("score", tiny_model, "sem", "--out", "scores", "--no-progress")
+    assert result.exit_code == 1
+    failed = [line for line in result.stderr.splitlines() if line.startswith("failed:")]
+    assert len(failed) == 6 and failed[-1] == "failed: ... and 2 more (see the error column)"
+    assert failed[0].startswith("failed: sem/broken0.png: not a supported image")
+    assert "11 images: 4 ok, 7 failed" in result.stdout

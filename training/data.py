@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from models.errors import DataError, ImageError
-from models.images import load_image
+from models.images import Decoded, load_image
 
 IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+NAMED_ERRORS = 5  # unreadable files named in the one-line error; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -40,15 +41,16 @@ class Layout:
         return any(s.mask_path is not None for s in self.test)
 
 
-def find_dataset(root: str | Path) -> Layout:
-    """Detect the layout under `root` and list its images in a deterministic order."""
+def find_dataset(root: str | Path, *, need_train: bool = True) -> Layout:
+    """Detect the layout under `root` and list its images in a deterministic order; a test
+    set (need_train False: evaluation) may come without train/good."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"dataset folder {root} does not exist")
     if not root.is_dir():
         raise DataError(f"dataset path {root} is not a folder")
-    if (root / "train" / "good").is_dir():
-        return _mvtec(root)
+    if (root / "train" / "good").is_dir() or (not need_train and (root / "test").is_dir()):
+        return _mvtec(root, need_train)
     for part in ("test", "ground_truth"):
         if (root / part).is_dir():
             raise DataError(
@@ -88,9 +90,25 @@ def split_holdout(
     return fit, [s for i, s in enumerate(samples) if i in held]
 
 
-def load_images(samples: Sequence[Sample], crop_bottom: float | int = 0) -> list[np.ndarray]:
-    """Decode every sample to float32 (H, W) in [0, 1]; a bad file is a DataError naming it."""
-    return [_load(s.path, crop_bottom) for s in samples]
+def load_images(
+    samples: Sequence[Sample], crop_bottom: float | int = 0, sample_bits: int = 16
+) -> list[np.ndarray]:
+    """Decode every sample to float32 (H, W) in [0, 1]; untagged 16-bit data is read as
+    sample_bits deep (models.images). Unreadable files are one DataError naming them all."""
+    return [d.pixels for d in _decode_all(samples, crop_bottom, sample_bits)]
+
+
+def load_training_images(
+    samples: Sequence[Sample], crop_bottom: float | int = 0
+) -> tuple[list[np.ndarray], int]:
+    """The training images and the sample depth a model records: the smallest depth the
+    files declare for 16-bit data (12 for a 12-bit SEM detector), else 16. Files without a
+    tag are read at that depth too, as scoring will read them."""
+    decoded = _decode_all(samples, crop_bottom, 16)
+    bits = min((d.bit_depth for d in decoded if 8 < d.bit_depth < 16), default=16)
+    if bits != 16:
+        decoded = _decode_all(samples, crop_bottom, bits)
+    return [d.pixels for d in decoded], bits
 
 
 def load_mask(
@@ -172,9 +190,10 @@ def _images(folder: Path, recursive: bool) -> list[Path]:
     )
 
 
-def _mvtec(root: Path) -> Layout:
-    train = [Sample(p, "good", None) for p in _images(root / "train" / "good", recursive=False)]
-    if not train:
+def _mvtec(root: Path, need_train: bool = True) -> Layout:
+    good = root / "train" / "good"
+    train = [Sample(p, "good", None) for p in _images(good, False)] if good.is_dir() else []
+    if not train and need_train:
         raise DataError(f"no images in {root / 'train' / 'good'}")
     test: list[Sample] = []
     test_dir = root / "test"
@@ -194,6 +213,23 @@ def _mvtec(root: Path) -> Layout:
                     raise DataError(f"mask missing for {path}: expected {root / expected}")
             test.append(Sample(path, kind, mask))
     return Layout(root, train, test)
+
+
+def _decode_all(samples: Sequence[Sample], crop_bottom: float | int, bits: int) -> list[Decoded]:
+    """Every sample decoded; a data set with bad files fails once, naming all of them."""
+    decoded, bad = [], []
+    for s in samples:
+        try:
+            decoded.append(load_image(s.path, crop_bottom=crop_bottom, sample_bits=bits))
+        except ImageError as e:  # its message starts with the path
+            bad.append(str(e))
+    if len(bad) == 1:
+        raise DataError(f"unreadable image {bad[0]}")
+    if bad:
+        more = len(bad) - NAMED_ERRORS
+        rest = f"; and {more} more" if more > 0 else ""
+        raise DataError(f"{len(bad)} unreadable images: {'; '.join(bad[:NAMED_ERRORS])}{rest}")
+    return decoded
 
 
 def _load(path: Path, crop_bottom: float | int) -> np.ndarray:

@@ -4,7 +4,8 @@ HTML report, optional per-image score maps. Runs the Detector, i.e. exactly what
 from __future__ import annotations
 
 import json
-import logging
+import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,9 @@ from models.images import load_image
 from training import metrics
 from training.data import find_dataset, load_mask
 
-log = logging.getLogger(__name__)
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _summary(kind_masks, kind_maps, kind_decisions, kind_scores, kind_labels, kind_pred) -> dict:
@@ -39,20 +42,28 @@ def _summary(kind_masks, kind_maps, kind_decisions, kind_scores, kind_labels, ki
 def evaluate(
     model: Path, data: Path, out: Path, *, save_maps: Path | None = None, alpha: float | None = None
 ) -> dict:
-    """Score every test image of DATA; write OUT/metrics.json and OUT/report.html."""
+    """Score every test image of DATA; write OUT/metrics.json and OUT/report.html. Metrics
+    a test set cannot define (AUROC without defects) are null, with a warning."""
     from training.report import write_report
 
+    for flag, path in (("--out", out), ("--save-maps", save_maps)):
+        if path is not None and path.exists() and not path.is_dir():
+            raise DataError(f"{flag} {path} is a file, not a folder")
     det = Detector(model, providers=("cpu",))
-    layout = find_dataset(data)
+    layout = find_dataset(data, need_train=False)
     if not layout.test:
         raise DataError(f"{data}: no test images (expected the MVTec AD layout with test/)")
     has_masks = layout.has_masks
     if not has_masks:
-        log.warning("%s: no ground-truth masks, image metrics only", data)
+        _warn(f"{data}: no ground-truth masks, image metrics only")
+    kinds = {s.kind for s in layout.test}
+    if kinds == {"good"} or "good" not in kinds:
+        only = "good" if kinds == {"good"} else "defective"
+        _warn(f"{data}: only {only} test images: AUROC needs both good and defective (null)")
     crop = det.meta.train_config.get("crop_bottom", 0.0)
     rows = []
     for s in layout.test:
-        img = load_image(s.path, crop_bottom=crop).pixels
+        img = load_image(s.path, crop_bottom=crop, sample_bits=det.meta.sample_bits).pixels
         res = det.score([img], alpha=alpha)[0]
         mask = load_mask(s.mask_path, img.shape, crop) if has_masks else None
         rows.append((s, img, res, mask))
@@ -79,7 +90,15 @@ def evaluate(
         **summary(rows),
         "per_type": {k: summary(good + [row for row in rows if row[0].kind == k]) for k in kinds},
     }
+    result = _defined(result)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     write_report(out, result, rows)
     return result
+
+
+def _defined(value):
+    """NaN (a metric a test set cannot define) as None: JSON null, not the invalid NaN."""
+    if isinstance(value, dict):
+        return {k: _defined(v) for k, v in value.items()}
+    return None if isinstance(value, float) and math.isnan(value) else value

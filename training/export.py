@@ -4,7 +4,10 @@ torch on real images at two sizes, calibration, and onnx's full checker."""
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -21,7 +24,7 @@ from models.errors import NanoinspectError
 from models.networks import BiGAN
 from models.phase import for_export, restore
 from models.scoring import SIGMA_MAX, AnomalyScorer
-from training.calibrate import calibrate, write_artifact
+from training.calibrate import calibrate, check_settings, write_artifact
 from training.data import find_dataset, load_images, load_mask
 from training.selfcheck import Labelled
 from training.train import BEST, latest_checkpoint
@@ -53,10 +56,10 @@ def load_checkpoint(run: Path) -> dict:
 
 
 def calibration_set(
-    data: Path, crop_bottom: float, holdout: list[str] | None
+    data: Path, crop_bottom: float, holdout: list[str] | None, sample_bits: int = 16
 ) -> tuple[list[np.ndarray], list[Labelled]]:
     """Normal images (only the run's held-out ones when data is its training set) and the
-    labelled test images, if the layout has them."""
+    labelled test images, if the layout has them, read as the model's training images were."""
     layout = find_dataset(data)
     normals = layout.train
     if holdout is not None:
@@ -64,9 +67,11 @@ def calibration_set(
         normals = [s for s in normals if str(s.path.relative_to(layout.root)) in keep]
     labelled = [
         Labelled(img, load_mask(s.mask_path, img.shape, crop_bottom), s.kind)
-        for s, img in zip(layout.test, load_images(layout.test, crop_bottom), strict=True)
+        for s, img in zip(
+            layout.test, load_images(layout.test, crop_bottom, sample_bits), strict=True
+        )
     ]
-    return load_images(normals, crop_bottom), labelled
+    return load_images(normals, crop_bottom, sample_bits), labelled
 
 
 def _fit(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -97,23 +102,40 @@ def check_parity(scorer: AnomalyScorer, path: Path, images: list[np.ndarray]) ->
     return worst
 
 
+@contextmanager
+def _quiet_exporter():
+    """torch's exporter reports on itself (optional torchvision ops it skips, deprecations in
+    its internals): nothing a user of `export` can act on, so it stays off the terminal."""
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        log.setLevel(level)
+
+
 def write_graph(scorer: AnomalyScorer, path: Path, sigma: float = DEFAULT_SIGMA) -> None:
     """The scoring graph (generator output stage in phase space) as one ONNX file at path,
     with dynamic N, H, W and no metadata yet."""
     example = (torch.rand(2, 1, 64, 96), torch.tensor(0.5), torch.tensor(sigma))
     dims = {2: torch.export.Dim("H", min=8, max=65536), 3: torch.export.Dim("W", min=8, max=65536)}
-    program = torch.onnx.export(
-        # optimize=False: the optimizer would fold away the division by the 1.0 placeholder
-        # scales, leaving calibration nothing to set; onnxruntime optimises at load anyway
-        for_export(scorer),
-        example,
-        dynamo=True,
-        external_data=False,
-        optimize=False,
-        input_names=list(INPUTS),
-        output_names=list(OUTPUTS),
-        dynamic_shapes=({0: torch.export.Dim("N", min=1, max=4096), **dims}, None, None),
-    )
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            # optimize=False: the optimizer would fold away the division by the 1.0 placeholder
+            # scales, leaving calibration nothing to set; onnxruntime optimises at load anyway
+            for_export(scorer),
+            example,
+            dynamo=True,
+            verbose=False,  # its progress lines would fill stdout, which is for the result
+            external_data=False,
+            optimize=False,
+            input_names=list(INPUTS),
+            output_names=list(OUTPUTS),
+            dynamic_shapes=({0: torch.export.Dim("N", min=1, max=4096), **dims}, None, None),
+        )
     program.save(str(path))
 
 
@@ -149,6 +171,15 @@ def reexport(src: Path, out: Path) -> float:
     return parity
 
 
+def check_output(out: Path, force: bool) -> None:
+    """Refuse, before any work, an output that is a folder or an existing file (unless
+    force): like `train`, export never overwrites what it was not asked to."""
+    if out.is_dir():
+        raise NanoinspectError(f"--out {out} is a folder: name the .onnx file to write")
+    if out.exists() and not force:
+        raise NanoinspectError(f"{out} exists: pass --force to overwrite it, or another --out")
+
+
 def export(
     run: Path,
     out: Path,
@@ -157,8 +188,11 @@ def export(
     name: str | None = None,
     alpha: float | None = None,
     min_area: int = DEFAULT_MIN_AREA,
+    force: bool = False,
 ) -> tuple[ArtifactMeta, float]:
     """Export, check parity and calibrate; returns the metadata and the parity error seen."""
+    check_output(out, force)
+    check_settings(alpha=alpha, sigma=None, min_area=min_area, sigma_max=SIGMA_MAX)
     ckpt = load_checkpoint(run)
     cfg = ModelConfig.from_dict(ckpt["model_config"])
     bigan = BiGAN(cfg)
@@ -167,14 +201,15 @@ def export(
     scorer.load_state_dict(ckpt["normal_fit"], strict=False)
     info = ckpt["meta"]
     crop = info["train"]["crop_bottom"]
+    bits = info.get("sample_bits", 16)
     if data is None:
         if not Path(info["data"]).is_dir():
             raise NanoinspectError(f"training data {info['data']} is gone: pass --calibrate DATA")
-        normals, labelled = calibration_set(Path(info["data"]), crop, info["holdout"])
+        normals, labelled = calibration_set(Path(info["data"]), crop, info["holdout"], bits)
         labelled = []  # the training set's test images may be the evaluation set
     else:
         same = data.resolve() == Path(info["data"])
-        normals, labelled = calibration_set(data, crop, info["holdout"] if same else None)
+        normals, labelled = calibration_set(data, crop, info["holdout"] if same else None, bits)
     if not normals:
         raise NanoinspectError("no held-out normal images to calibrate on")
 
@@ -198,6 +233,7 @@ def export(
         model_config=cfg.to_dict(),
         train_config={**info["train"], "seed": info["seed"], "steps": ckpt["step"]},
         fibre_scale=info.get("fibre_scale", 0.0),
+        sample_bits=bits,
         data_digest=info["data_digest"],
         code_version=version("nanoinspect"),
         created=datetime.now(UTC).isoformat(timespec="seconds"),

@@ -34,8 +34,9 @@ from models.scoring import AnomalyScorer, fit_normal
 from training import selfcheck
 from training.config import TrainConfig, config_dict
 from training.corrupt import corrupt
-from training.data import PatchSampler, Sample, find_dataset, load_images, split_holdout
+from training.data import PatchSampler, Sample, find_dataset, load_training_images, split_holdout
 from training.losses import discriminator_loss, encoder_generator_loss
+from training.signals import StopSignals
 
 CHECKPOINTS = "checkpoints"
 BEST = "best.pt"
@@ -136,15 +137,31 @@ def rank_checkpoint(
     return state, best
 
 
-def _time_up(began: float, max_minutes: float, distributed: bool, dev: torch.device) -> bool:
+def _time_up(
+    began: float, max_minutes: float, distributed: bool, dev: torch.device, stop: bool
+) -> bool:
     """All ranks must stop at the same step, or the others wait forever in all-reduce: under
-    torchrun they stop as soon as any rank's clock says so."""
-    up = time.monotonic() - began > 60 * max_minutes
+    torchrun they stop as soon as any rank's clock (or a stop signal) says so."""
+    up = stop or time.monotonic() - began > 60 * max_minutes
     if distributed:
         flag = torch.tensor([float(up)], device=dev)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         up = bool(flag.item())
     return up
+
+
+def check_same_data(before: dict, now: dict, data: Path) -> None:
+    """A resumed run must see the images it started with: refuse, saying what changed."""
+    if before["data_digest"] != now["data_digest"]:
+        raise NanoinspectError(
+            f"--resume: {data} is not the data this run was trained on ({before['data']}: "
+            "the sha256 of its images differs): pass the same DATA, or --allow-data-change"
+        )
+    if before["holdout"] != now["holdout"]:
+        raise NanoinspectError(
+            f"--resume: {data} would hold out other images than the run did: pass the same "
+            "DATA, or --allow-data-change"
+        )
 
 
 def train(
@@ -156,9 +173,14 @@ def train(
     seed: int = 0,
     device: str = "auto",
     resume: bool = False,
+    allow_data_change: bool = False,
+    stop: StopSignals | None = None,
     progress: bool = True,
 ) -> Path:
-    """Fit the BiGAN; return the last checkpoint's path."""
+    """Fit the BiGAN; return the last checkpoint's path. With `stop` entered, SIGTERM/SIGINT
+    end the run after the step in progress, with a checkpoint (stop.received says so)."""
+    if out.exists() and not out.is_dir():
+        raise NanoinspectError(f"--out {out} is a file, not a run directory")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     dev = pick_device(device)
     if distributed:
@@ -183,14 +205,17 @@ def train(
 
     layout = find_dataset(data)
     fit, holdout = split_holdout(layout.train, cfg.holdout_fraction, seed)
-    images = load_images(fit, cfg.crop_bottom)
+    digest = data_digest(fit, layout.root)
+    held_names = [str(s.path.relative_to(layout.root)) for s in holdout]
+    if state is not None and not allow_data_change:
+        check_same_data(state["meta"], {"data_digest": digest, "holdout": held_names}, data)
+    # every file read once, so all unreadable ones are named at once
+    images, sample_bits = load_training_images([*fit, *holdout], cfg.crop_bottom)
+    images, held = images[: len(fit)], images[len(fit) :][:CHECK_IMAGES]
     # one magnification for all: each image zoomed to the median fibre scale (models/scale.py)
     scale = float(np.median([fibre_scale(im) for im in images]))
     images = [to_scale(im, scale)[0] for im in images]
-    held = [
-        _crop(to_scale(im, scale)[0], CHECK_SIDE)
-        for im in load_images(holdout[:CHECK_IMAGES], cfg.crop_bottom)
-    ]
+    held = [_crop(to_scale(im, scale)[0], CHECK_SIDE) for im in held]
     check = selfcheck.selfcheck_set(held, seed)
     fit_images = images[:: max(1, len(images) // FIT_IMAGES)][:FIT_IMAGES]
     sampler = PatchSampler(images, cfg.patch_size, seed, names=[str(s.path) for s in fit])
@@ -218,9 +243,10 @@ def train(
         **config_dict(model_cfg, cfg),
         "seed": seed,
         "data": str(data.resolve()),
-        "data_digest": data_digest(fit, layout.root),
-        "holdout": [str(s.path.relative_to(layout.root)) for s in holdout],
+        "data_digest": digest,
+        "holdout": held_names,
         "fibre_scale": scale,
+        "sample_bits": sample_bits,
         "world_size": dist.get_world_size() if distributed else 1,
     }
     writer = None
@@ -269,11 +295,16 @@ def train(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
     latent = cfg.patch_size // model_cfg.stride
     began = saved = time.monotonic()
+    if main and start >= cfg.max_steps:
+        tqdm.write(
+            f"train: {out} is at step {start}, --max-steps is {cfg.max_steps}: nothing to "
+            f"train (raise --max-steps to continue); its last checkpoint is {last}"
+        )
     bar = tqdm(
         range(start, cfg.max_steps),
         initial=start,
         total=cfg.max_steps,
-        disable=not (progress and main),
+        disable=not (progress and main) or start >= cfg.max_steps,
         desc="train",
         unit="step",
     )
@@ -320,8 +351,9 @@ def train(
         ):
             path = checkpoint(done)
             saved = time.monotonic()
-        if _time_up(began, cfg.max_minutes, distributed, dev):
-            if main:
+        stopped = stop is not None and stop.received is not None
+        if _time_up(began, cfg.max_minutes, distributed, dev, stopped):
+            if main and not stopped:
                 tqdm.write(f"train: the {cfg.max_minutes:g} min budget is used up at step {done}")
             break
     if path is None or path.name != f"step_{done:07d}.pt":
