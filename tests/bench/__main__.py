@@ -15,7 +15,16 @@ from pathlib import Path
 
 from tests.bench.common import ROOT, show
 
-ORDER = ("runtime", "http", "memory", "batch", "train", "sizes")  # the table's sections
+ORDER = (
+    "runtime",
+    "detector",
+    "http",
+    "pipeline",
+    "memory",
+    "batch",
+    "train",
+    "sizes",
+)  # the table's sections
 
 
 def main() -> None:

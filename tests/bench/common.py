@@ -102,6 +102,45 @@ def bench_model() -> Path:
     return path
 
 
+def noop_model(pixel_threshold: float) -> Path:
+    """An artifact with the default model's inputs, outputs and metadata whose graph does no
+    work: every map is the image itself, the score its mean. Served, it measures the
+    pipeline around the model (decode, queue, post, encode, HTTP) alone; pixel_threshold
+    is chosen so post-processing finds about as many regions as the real map gives."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from models.artifact import OUTPUTS
+
+    real = onnx.load(str(DEFAULT_MODEL), load_external_data=False)
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, "H", "W"])
+    scalars = [helper.make_tensor_value_info(n, TensorProto.FLOAT, []) for n in ("alpha", "sigma")]
+    maps = [n for n in OUTPUTS if n != "score"]
+    nodes = [helper.make_node("Identity", ["image"], [n]) for n in maps]
+    nodes.append(helper.make_node("ReduceMean", ["image"], ["score"], axes=[1, 2, 3], keepdims=0))
+    outputs = [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])]
+    outputs += [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 1, "H", "W"]) for n in maps
+    ]
+    by_name = {o.name: o for o in outputs}
+    graph = helper.make_graph(nodes, "noop", [image, *scalars], [by_name[n] for n in OUTPUTS])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = real.ir_version
+    props = {p.key: p.value for p in real.metadata_props}
+    props |= {"name": "noop", "pixel_threshold": str(pixel_threshold)}
+    helper.set_model_props(model, props)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"noop-{pixel_threshold:.6f}.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU time of a process and all its threads so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
