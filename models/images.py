@@ -20,6 +20,7 @@ kept when already in [0, 1]; other float or integer data is min-max scaled, with
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from models.errors import ImageError, NanoinspectError
 
 SUPPORTED_FORMATS = ("PNG", "TIFF", "JPEG", "BMP", "GIF", "WEBP")
+MAX_PIXELS = 50_000_000  # the largest image, for the server (NANOINSPECT_MAX_PIXELS) and the rest
 MIN_SIDE = 8
 MAX_ASPECT = 64
 MAX_COUNTED_PAGES = 1000
@@ -82,7 +84,7 @@ class Decoded:
 def decode_image(
     data: bytes,
     *,
-    max_pixels: int = 64_000_000,
+    max_pixels: int = MAX_PIXELS,
     crop_bottom: float | int = 0,
     name: str = "image",
     sample_bits: int = 16,
@@ -109,8 +111,12 @@ def decode_image(
         im.load()
     except ImageError:
         raise
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{name}: too large to decode safely ({e})", code="too_large") from None
+    except Image.DecompressionBombError as e:  # Pillow's own limit, hit before ours is checked
+        declared = re.search(r"\((\d+) pixels\)", str(e))
+        count = f"{int(declared[1]):,} pixels" if declared else "its declared size"
+        raise ImageError(
+            f"{name}: {count} exceeds the limit of {limit:,}", code="too_large"
+        ) from None
     except Exception as e:  # hostile bytes reach Pillow's parsers: any failure is corruption
         if isinstance(e, ValueError) and "MAX_TEXT" in str(e):
             raise ImageError(
@@ -134,7 +140,7 @@ def decode_image(
 def load_image(
     path: str | Path,
     *,
-    max_pixels: int = 256_000_000,
+    max_pixels: int = MAX_PIXELS,
     crop_bottom: float | int = 0,
     sample_bits: int = 16,
 ) -> Decoded:

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 import models
+from models.images import MAX_PIXELS
 
 DEFAULT_MODEL = Path(models.__file__).parent / "default.onnx"
 CommaList = Annotated[list[str], NoDecode]  # "a,b,c" in the environment, not JSON
@@ -39,7 +40,7 @@ class Settings(BaseSettings):
     upload_budget_bytes: int = Field(
         256 << 20, ge=1024, description="bodies being received at once, all requests; past: 503"
     )
-    max_pixels: int = Field(50_000_000, ge=64, description="largest decoded image")
+    max_pixels: int = Field(MAX_PIXELS, ge=64, description="largest decoded image")
     max_batch_files: int = Field(32, ge=1, description="files per /v1/score/batch request")
     decode_threads: int = Field(2, ge=1, description="images decoded at once")
 

@@ -382,3 +382,25 @@ def test_score_counts_the_failures_it_does_not_print(tiny_model, synth_data, tmp
     assert len(failed) == 6 and failed[-1] == "failed: ... and 2 more (see the error column)"
     assert failed[0].startswith("failed: sem/broken0.png: not a supported image")
     assert "11 images: 4 ok, 7 failed" in result.stdout
+
+
+def test_one_pixel_limit_for_the_batch_job_and_the_server(tiny_model, tmp_path):
+    """A 64 Mpx image (a real one: 1-bit PNG, a few kB) and a header claiming 100000x100000
+    are refused by the batch job in the words the server uses, at the server's limit."""
+    from models.images import MAX_PIXELS
+    from service.settings import Settings
+    from tests.test_images import png_claiming
+
+    assert Settings().max_pixels == MAX_PIXELS
+    sem = tmp_path / "sem"
+    sem.mkdir()
+    Image.new("1", (8000, 8000)).save(sem / "huge.png")
+    (sem / "claims.png").write_bytes(png_claiming(100_000, 100_000))
+    result = _run("score", tiny_model, sem, "--out", tmp_path / "scores", "--no-progress")
+    assert result.exit_code == 1
+    rows = pq.read_table(tmp_path / "scores" / "results.parquet").to_pylist()
+    assert [r["error_code"] for r in rows] == ["too_large", "too_large"]
+    limit = f"exceeds the limit of {MAX_PIXELS:,}"
+    assert rows[1]["error"].endswith(f"huge.png: 8000x8000 = 64,000,000 pixels {limit}")
+    assert "10,000,000,000 pixels exceeds the limit of" in rows[0]["error"]
+    assert "decompression bomb" not in rows[0]["error"]
