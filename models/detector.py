@@ -18,6 +18,7 @@ import numpy as np
 
 from models.artifact import INPUTS, OUTPUTS, ArtifactMeta
 from models.errors import ArtifactError, ImageError, NanoinspectError
+from models.providers import unusable
 from models.regions import Region, segment
 from models.scale import resample, to_scale
 
@@ -139,7 +140,7 @@ class Detector:
         unknown = [p for p in providers if p not in PROVIDERS]
         if unknown:
             raise ArtifactError(f"unknown providers {unknown}; choose from {list(PROVIDERS)}")
-        available = set(ort.get_available_providers())
+        available = {p for p in ort.get_available_providers() if unusable(p) is None}
         wanted = [PROVIDERS[p] for p in providers if PROVIDERS[p] in available]
         if not wanted:
             raise ArtifactError(f"none of the providers {list(providers)} is available here")
