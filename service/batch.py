@@ -36,6 +36,7 @@ class Job:
     alpha: float | None = None  # None: the model's
     crop_bottom: float | int | None = None  # None: as the model was trained
     engine: Literal["local", "ray"] = "local"
+    providers: tuple[str, ...] = ("cuda", "cpu")  # local: onnxruntime's, in order
     decoder: Literal["threads", "processes"] = "threads"
     ray_address: str | None = None
     gpus_per_worker: float = 0.0
@@ -117,7 +118,7 @@ def run(job: Job) -> Summary:
     # reads its identity, on the CPU.
     local = job.engine == "local"
     detector = Detector(
-        job.model, batch_size=job.batch_size, **({} if local else {"providers": ("cpu",)})
+        job.model, batch_size=job.batch_size, providers=job.providers if local else ("cpu",)
     )
     crop = crop_of(detector.meta.train_config) if job.crop_bottom is None else job.crop_bottom
     store = Store(job.out, part_rows=job.part_rows)

@@ -364,6 +364,9 @@ def score(
     ] = False,
     save_maps: Annotated[bool, typer.Option("--save-maps", help="OUT/maps/*.npy")] = False,
     engine: Annotated[str, typer.Option(help="local or ray")] = "local",
+    providers: Annotated[
+        str, typer.Option(envvar="NANOINSPECT_PROVIDERS", help="local: e.g. cuda,cpu or cpu")
+    ] = "cuda,cpu",
     ray_address: Annotated[
         str | None, typer.Option(help="Ray cluster (default: a local Ray instance)")
     ] = None,
@@ -398,6 +401,7 @@ def score(
         alpha=alpha,
         crop_bottom=crop,
         engine=engine,  # type: ignore[arg-type]
+        providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
         decoder=decoder,  # type: ignore[arg-type]
         ray_address=ray_address,
         gpus_per_worker=gpus_per_worker,

@@ -404,3 +404,26 @@ def test_one_pixel_limit_for_the_batch_job_and_the_server(tiny_model, tmp_path):
     assert rows[1]["error"].endswith(f"huge.png: 8000x8000 = 64,000,000 pixels {limit}")
     assert "10,000,000,000 pixels exceeds the limit of" in rows[0]["error"]
     assert "decompression bomb" not in rows[0]["error"]
+
+
+# noise
+
+
+def test_score_on_a_cpu_machine_prints_only_its_own_lines(tiny_model, synth_data, tmp_path):
+    """Real processes: no onnxruntime [E:]/[W:] lines about CUDA libraries, one line of ours
+    when CUDA was asked for, none when NANOINSPECT_PROVIDERS says cpu."""
+    import os
+
+    from models.providers import unusable
+
+    if unusable("CUDAExecutionProvider") is None:
+        pytest.skip("CUDA loads here: nothing to be quiet about")
+    args = ("score", tiny_model, synth_data / "test" / "good", "--no-progress", "--out")
+    proc = _cli(*args, tmp_path / "a")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert err.strip().splitlines() == ["no usable GPU: scoring runs on CPUExecutionProvider"]
+    env = {**os.environ, "NANOINSPECT_PROVIDERS": "cpu"}
+    proc = _cli(*args, tmp_path / "b", env=env)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and err == "", err
