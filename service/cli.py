@@ -16,6 +16,7 @@ MAX_HEADER_BYTES = 32 << 10  # request line and headers; browsers send 1-8 KiB
 
 app = typer.Typer(
     help="Find defects in SEM images of nanofibre mats.",
+    rich_markup_mode=None,  # plain click help: rich cuts option names at 80 columns
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -299,9 +300,9 @@ def serve(
     """Serve the REST API, metrics and web page; every setting also reads NANOINSPECT_*
     (API keys only from NANOINSPECT_API_KEYS, so they never show in a process list)."""
     import os
+    import shutil
     import tempfile
 
-    import uvicorn
     from pydantic import ValidationError
 
     from service.observability import configure_logging
@@ -323,9 +324,35 @@ def serve(
     except ValidationError as e:
         first = e.errors()[0]
         raise NanoinspectError(f"setting {first['loc'][0]}: {first['msg']}") from None
-    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="nanoinspect-metrics-")
     configure_logging(settings.log_format, settings.log_level)
+    if settings.fail_on_bad_model:
+        _check_model(settings)
+    metrics_dir = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="nanoinspect-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        _run_server(host, port, workers)
+    finally:
+        if metrics_dir is not None:  # ours: the workers' metric files die with the server
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _check_model(settings) -> None:
+    """--fail-on-bad-model: load the model once before the server starts, so a bad one ends
+    as one line and exit 3 instead of a lifespan traceback from every worker."""
+    from models.detector import Detector
+
+    try:
+        Detector(settings.model, providers=settings.providers, require_gpu=settings.require_gpu)
+    except NanoinspectError as e:
+        e.exit_code = 3
+        raise
+
+
+def _run_server(host: str, port: int, workers: int) -> None:
+    import uvicorn
+
     uvicorn.run(
         "service.app:create_app",
         factory=True,

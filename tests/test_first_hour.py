@@ -427,3 +427,34 @@ def test_score_on_a_cpu_machine_prints_only_its_own_lines(tiny_model, synth_data
     proc = _cli(*args, tmp_path / "b", env=env)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0 and err == "", err
+
+
+def test_serve_fail_on_bad_model_is_one_line_and_exit_3(tmp_path):
+    proc = _cli("serve", tmp_path / "missing.onnx", "--fail-on-bad-model", "--log-format", "text")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    assert err.strip().splitlines() == [f"error: {tmp_path / 'missing.onnx'}: model file not found"]
+    assert "Traceback" not in out + err
+
+
+def test_help_shows_whole_option_names_at_80_columns():
+    import os
+
+    result = CliRunner().invoke(app, ["serve", "--help"], env={**os.environ, "COLUMNS": "80"})
+    assert result.exit_code == 0
+    assert "--fail-on-bad-model" in result.stdout and "…" not in result.stdout
+
+
+def test_serve_with_workers_leaves_no_metrics_folder(tiny_model, tmp_path):
+    import os
+
+    from tests.test_service_support import serve
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {"TMPDIR": str(scratch)}
+    with serve([str(tiny_model), "--workers", "2"], tmp_path / "log.txt", env) as s:
+        assert len(list(scratch.glob("nanoinspect-metrics-*"))) == 1
+        s.proc.send_signal(signal.SIGTERM)
+        s.proc.wait(60)
+    assert not list(scratch.glob("nanoinspect-metrics-*")), os.listdir(scratch)
