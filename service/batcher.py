@@ -3,7 +3,9 @@ share an inference call (same image size and scoring settings) up to what the mo
 in one call (`Detector.per_call`: a count and a pixel budget) or `batch_wait`, and runs
 `Detector.score` in ONE dedicated thread, so the event loop never runs inference and the
 model never runs twice at once. After `idle_release_s` without work, the models that ran
-give their arena's free memory back (`Detector.trim`), so a burst's peak is not kept.
+give their arena's free memory back (`Detector.trim`) and so does the C heap (glibc's
+malloc_trim: decoded images and results freed by other threads), so a burst's peak is not
+kept.
 
 Each job carries the model it was submitted for (its defaults resolved its settings), and a
 batch holds jobs of one model only: after a model swap, jobs already queued finish on the old
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import time
 import weakref
@@ -136,9 +139,7 @@ class Batcher:
             except TimeoutError:
                 ran, self._ran = list(self._ran), weakref.WeakSet()
                 try:
-                    await asyncio.get_running_loop().run_in_executor(
-                        self._executor, lambda: [m.trim() for m in ran]
-                    )
+                    await asyncio.get_running_loop().run_in_executor(self._executor, _release, ran)
                 except Exception:  # memory stays held; scoring is unaffected
                     log.exception("releasing the models' free memory failed")
         return await self._queue.get()
@@ -196,6 +197,13 @@ class Batcher:
             job.started, job.inference_s, job.batch_size = started, seconds, len(live)
             if not job.future.done():
                 job.future.set_result(result)
+
+
+def _release(models: list[Model]) -> None:
+    for model in models:
+        model.trim()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing more to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _drain(queue: asyncio.Queue[Job]) -> list[Job]:

@@ -1,6 +1,7 @@
 """Memory bounded by a setting: no inference call takes more pixels than `batch_pixels`
-(one image always runs), the server's batches obey it, and an idle Detector gives its
-arena back (`trim`). Memory is measured in fresh processes; nothing here is timed."""
+(one image always runs), the server's batches obey it, and an idle server has its Detector
+give the arena back (`trim`), once. Memory is measured in fresh processes; nothing here is
+timed."""
 
 from __future__ import annotations
 
@@ -37,12 +38,19 @@ def test_detector_calls_stay_within_the_pixel_budget(tiny_model):
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_server_batches_stay_within_the_pixel_budget(tiny_model, anyio_backend):
-    settings = settings_for(tiny_model, batch_size=8, batch_wait_ms=300, batch_pixels=2 * 96 * 96)
+    settings = settings_for(
+        tiny_model, batch_size=8, batch_wait_ms=300, batch_pixels=2 * 96 * 96, idle_release_s=0.1
+    )
     async with running(settings) as c:
+        detector, trims = c.app.state.inspector.detector, []
+        trim = detector.trim
+        detector.trim = lambda: trims.append(1) or trim()
         files = [{"file": (f"{i}.png", defect_png(i))} for i in range(8)]
         rs = await asyncio.gather(*(c.post("/v1/score", files=f) for f in files))
+        await asyncio.sleep(1)  # idle: the arena is released once, not again and again
     sizes = [r.json()["timings"]["batch_size"] for r in rs]
     assert all(r.status_code == 200 for r in rs) and max(sizes) == 2
+    assert trims == [1]
 
 
 PEAK = """
