@@ -458,3 +458,43 @@ def test_serve_with_workers_leaves_no_metrics_folder(tiny_model, tmp_path):
         s.proc.send_signal(signal.SIGTERM)
         s.proc.wait(60)
     assert not list(scratch.glob("nanoinspect-metrics-*")), os.listdir(scratch)
+
+
+def test_a_tiny_image_is_scored_with_a_note(tiny_model):
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((12, 40), 120, np.uint8)).save(buf, "PNG")
+    settings = Settings(model=tiny_model, providers=["cpu"], threads=1, log_format="text")
+    with TestClient(create_app(settings)) as client:
+        for _ in range(200):
+            if client.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.05)
+        body = client.post("/v1/score", files={"file": ("small.png", buf.getvalue())}).json()
+    assert body["width"] == 40 and body["height"] == 12
+    assert body["notes"] == [
+        "40x12 is under the 24 px a side the model needs for context: scored mirrored out to "
+        "it, so the result is less reliable"
+    ]
+
+
+def test_training_warns_when_it_holds_out_too_few_images(synth_data, tmp_path):
+    data = tmp_path / "two"
+    data.mkdir()
+    for png in sorted((synth_data / "train" / "good").glob("*.png"))[:2]:
+        shutil.copyfile(png, data / png.name)
+    result = _run(
+        "train", data, "--out", tmp_path / "run", "--max-steps", "1", "--device", "cpu",
+        "--config", _tiny_config(tmp_path),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "warning: only 1 normal image(s) held out" in result.output
+    (data / sorted(p.name for p in data.iterdir())[0]).unlink()
+    result = _run("train", data, "--out", tmp_path / "run1", "--device", "cpu")
+    _one_line_error(result, "training needs at least 2 normal images")

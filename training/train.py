@@ -42,6 +42,7 @@ CHECKPOINTS = "checkpoints"
 BEST = "best.pt"
 FIT_IMAGES = 6  # training images the normal Gaussians are fitted on at each checkpoint
 CHECK_IMAGES, CHECK_SIDE = 6, 512  # held-out normals (centre crops) the self-check uses
+FEW_HELD_OUT = 3  # fewer held-out normals than this: calibration's thresholds are rough
 
 
 class TrainingDiverged(NanoinspectError):
@@ -205,6 +206,11 @@ def train(
 
     layout = find_dataset(data)
     fit, holdout = split_holdout(layout.train, cfg.holdout_fraction, seed)
+    if main and 0 < len(holdout) < FEW_HELD_OUT:
+        tqdm.write(
+            f"warning: only {len(holdout)} normal image(s) held out for the self-check and "
+            f"calibration (of {len(layout.train)}): thresholds will be rough; add normal images"
+        )
     digest = data_digest(fit, layout.root)
     held_names = [str(s.path.relative_to(layout.root)) for s in holdout]
     if state is not None and not allow_data_change:

@@ -13,6 +13,7 @@ import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from models.detector import MIN_SIDE
 from service import encode
 from service.deps import DeadlineDep, InspectorDep, SettingsDep
 from service.errors import ApiError
@@ -103,10 +104,19 @@ def _build(s: Scored, q: ScoreQuery) -> ScoreOut:
         regions=regions,
         mask=mask,
         heatmap=heatmap,
-        notes=list(s.decoded.notes),
+        notes=[*s.decoded.notes, *_small_image_note(width, height)],
         timings=timings,
         model=s.model,
     )
+
+
+def _small_image_note(width: int, height: int) -> list[str]:
+    if min(width, height) >= MIN_SIDE:
+        return []
+    return [
+        f"{width}x{height} is under the {MIN_SIDE} px a side the model needs for context: "
+        "scored mirrored out to it, so the result is less reliable"
+    ]
 
 
 @router.post("/score", responses=ERRORS, openapi_extra=_form("file", False))
