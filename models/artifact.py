@@ -8,6 +8,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from models.errors import ArtifactError
+from models.images import crop_setting
 
 FORMAT = "nanoinspect-bigan"
 FORMAT_VERSION = 2  # 2: the feature-likelihood and local-statistics terms, term weights
@@ -83,6 +84,12 @@ class ArtifactMeta:
         except ValueError as e:
             raise ArtifactError(f"{source}: unreadable metadata: {e}") from None
         return cls(**values)
+
+    @property
+    def crop_bottom(self) -> int | float:
+        """The SEM banner crop the model was trained with (rows or a fraction: crop_setting):
+        every surface crops its inputs the same way unless told otherwise."""
+        return crop_setting(self.train_config.get("crop_bottom", 0.0))
 
     def with_(self, **changes: Any) -> ArtifactMeta:
         return replace(self, **changes)

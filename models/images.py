@@ -89,9 +89,9 @@ def decode_image(
     name: str = "image",
     sample_bits: int = 16,
 ) -> Decoded:
-    """Decode the first frame of `data`; crop_bottom removes the SEM info banner
-    (int: pixels, float in [0, 1): fraction of the height); 16-bit data without a bit-depth
-    tag is read as `sample_bits` significant bits."""
+    """Decode the first frame of `data`; crop_bottom removes the SEM info banner (rows or a
+    fraction of the height: `crop_setting`); 16-bit data without a bit-depth tag is read as
+    `sample_bits` significant bits."""
     if not data:
         raise ImageError(f"{name}: the file is empty", code="empty")
     fmt = _sniff(data, name)
@@ -276,19 +276,28 @@ def _to_grey(
     raise ImageError(f"{name}: pixel mode {mode} is not supported", code="unsupported_type")
 
 
-def _crop(grey: np.ndarray, crop_bottom: float | int, name: str) -> np.ndarray:
+def crop_setting(value: object) -> int | float:
+    """The one reading of crop_bottom, for training, export, calibration, evaluation, REST and
+    the batch job alike: a whole number >= 1 is rows of SEM banner, a value in [0, 1) a
+    fraction of the height. Returns rows as an int, a fraction as a float."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        raise NanoinspectError(f"crop_bottom must be a number, not {value!r}")
+    v = float(value)
+    if 0.0 <= v < 1.0:
+        return v
+    if v >= 1.0 and v.is_integer():
+        return int(v)
+    raise NanoinspectError(
+        "crop_bottom must be rows of banner (a whole number >= 1) or a fraction of the "
+        f"height in [0, 1), not {value}"
+    )
+
+
+def _crop(grey: np.ndarray, crop_bottom: object, name: str) -> np.ndarray:
     """Remove the bottom banner; the rest must still be a usable image."""
     h = grey.shape[0]
-    if isinstance(crop_bottom, bool) or not isinstance(crop_bottom, (int, float, np.number)):
-        raise NanoinspectError(f"crop_bottom must be a number, not {crop_bottom!r}")
-    if isinstance(crop_bottom, (int, np.integer)):
-        if crop_bottom < 0:
-            raise NanoinspectError(f"crop_bottom must be >= 0 pixels, not {crop_bottom}")
-        rows = int(crop_bottom)
-    else:
-        if not 0.0 <= crop_bottom < 1.0:
-            raise NanoinspectError(f"a fractional crop_bottom must be in [0, 1), not {crop_bottom}")
-        rows = round(h * float(crop_bottom))
+    setting = crop_setting(crop_bottom)
+    rows = setting if isinstance(setting, int) else round(h * setting)
     if h - rows < MIN_SIDE:
         raise ImageError(
             f"{name}: cropping {rows} of {h} rows leaves fewer than {MIN_SIDE}", code="bad_size"

@@ -18,8 +18,9 @@ import pyarrow.compute as pc
 
 from models.detector import Detector
 from models.errors import NanoinspectError
+from models.images import crop_setting
 from service.batch_inputs import Item, check_output_names, expand
-from service.batch_rows import KINDS, crop_of
+from service.batch_rows import KINDS
 from service.batch_store import RESULTS, Store, storage_error
 
 SHOWN_ERRORS = 5  # error lines printed; the results hold them all
@@ -34,7 +35,7 @@ class Job:
     workers: int | None = None  # local: decoders (default min(4, CPUs)); ray: actors (1)
     kinds: tuple[str, ...] = ()  # subset of KINDS
     alpha: float | None = None  # None: the model's
-    crop_bottom: float | int | None = None  # None: as the model was trained
+    crop_bottom: float | int | None = None  # rows or a fraction; None: as the model was trained
     engine: Literal["local", "ray"] = "local"
     providers: tuple[str, ...] = ("cuda", "cpu")  # local: onnxruntime's, in order
     decoder: Literal["threads", "processes"] = "threads"
@@ -100,6 +101,8 @@ def validate(job: Job) -> None:
         raise NanoinspectError(f"--engine must be local or ray, not {job.engine!r}")
     if job.decoder not in ("threads", "processes"):
         raise NanoinspectError(f"--decoder must be threads or processes, not {job.decoder!r}")
+    if job.crop_bottom is not None:
+        crop_setting(job.crop_bottom)
 
 
 def run(job: Job) -> Summary:
@@ -120,7 +123,8 @@ def run(job: Job) -> Summary:
     detector = Detector(
         job.model, batch_size=job.batch_size, providers=job.providers if local else ("cpu",)
     )
-    crop = crop_of(detector.meta.train_config) if job.crop_bottom is None else job.crop_bottom
+    given = job.crop_bottom
+    crop = detector.meta.crop_bottom if given is None else crop_setting(given)
     store = Store(job.out, part_rows=job.part_rows)
     store.open(job.manifest(detector.sha256, crop))
     try:

@@ -34,12 +34,6 @@ class Loaded:
     ms: float
 
 
-def crop_of(train_config: dict) -> float | int:
-    """TrainConfig.crop_bottom is a float: >= 1 means rows, below 1 a fraction of the height."""
-    crop = float(train_config.get("crop_bottom", 0.0))
-    return int(crop) if crop >= 1 else crop
-
-
 def load(path: str, crop_bottom: float | int, sample_bits: int = 16) -> Loaded:
     """Decode one file (runs in a worker thread, process or Ray task; picklable result);
     untagged 16-bit data is read as the model's training images were (sample_bits)."""

@@ -246,8 +246,9 @@ def calibrate(
         "pixel_fpr": pixel_fpr,
         "image_fpr": image_fpr,
     }
-    check_settings(**settings, sigma_max=Detector(model, providers=("cpu",)).meta.sigma_max)
-    normals, labelled = calibration_set(data, 0.0, None)
+    meta = Detector(model, providers=("cpu",)).meta
+    check_settings(**settings, sigma_max=meta.sigma_max)
+    normals, labelled = calibration_set(data, meta.crop_bottom, None, meta.sample_bits)
     meta = calibrate_in_place(model, normals, labelled, **settings)
     typer.echo(f"wrote {model}")
     _report_calibration(meta)
@@ -417,7 +418,6 @@ def score(
     from service.batch import Job, run
 
     kinds = ("masks",) * save_masks + ("overlays",) * save_overlays + ("maps",) * save_maps
-    crop = int(crop_bottom) if crop_bottom is not None and crop_bottom >= 1 else crop_bottom
     job = Job(
         model=model,
         inputs=inputs,
@@ -426,7 +426,7 @@ def score(
         workers=workers,
         kinds=kinds,
         alpha=alpha,
-        crop_bottom=crop,
+        crop_bottom=crop_bottom,
         engine=engine,  # type: ignore[arg-type]
         providers=tuple(p.strip() for p in providers.split(",") if p.strip()),
         decoder=decoder,  # type: ignore[arg-type]

@@ -222,7 +222,8 @@ class Inspector:
         detector = self.ready()  # this request's model, even if another is swapped in meanwhile
         t0 = time.perf_counter()
         bits = detector.meta.sample_bits  # untagged 16-bit data: read as the model was trained
-        decoded = await self.decode(part, params.crop_bottom, deadline, bits)
+        crop = detector.meta.crop_bottom if params.crop_bottom is None else params.crop_bottom
+        decoded = await self.decode(part, crop, deadline, bits)
         decode_ms = (time.perf_counter() - t0) * 1000
         resolved = self.resolve(params, detector)
         assert self.batcher is not None
@@ -250,7 +251,7 @@ class Inspector:
         )  # fmt: skip
 
     async def decode(
-        self, part: Part, crop_bottom: int, deadline: float, sample_bits: int = 16
+        self, part: Part, crop_bottom: float, deadline: float, sample_bits: int = 16
     ) -> Decoded:
         """Decode in the bounded thread pool. Uploads waiting for a thread are bounded too
         (queue_size: beyond, 503) and by their deadline (504), so a busy pool never hangs."""

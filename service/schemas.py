@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from models.errors import NanoinspectError
+from models.images import crop_setting
 
 
 def _threshold(what: str) -> Any:
@@ -22,7 +25,19 @@ class ScoreParams(BaseModel):
     pixel_threshold: float | None = _threshold("gamma: Omega = score map > gamma")
     image_threshold: float | None = _threshold("tau: anomalous when decision_score > tau")
     min_area: int | None = Field(None, ge=0, le=10**9, description="smallest region (px)")
-    crop_bottom: int = Field(0, ge=0, le=100_000, description="rows of SEM banner to drop")
+    crop_bottom: float | None = Field(
+        None, ge=0, le=100_000, allow_inf_nan=False,
+        description="SEM banner to drop: rows (a whole number >= 1) or a fraction of the height "
+        "(< 1); default: as the model was trained",
+    )  # fmt: skip
+
+    @field_validator("crop_bottom")
+    @classmethod
+    def _crop(cls, value: float | None) -> float | None:
+        try:
+            return None if value is None else crop_setting(value)
+        except NanoinspectError as e:
+            raise ValueError(str(e)) from None
 
     def overrides(self) -> dict[str, Any]:
         keys = ("alpha", "sigma", "pixel_threshold", "image_threshold", "min_area")

@@ -240,9 +240,10 @@ def test_crop_bottom_pixels_and_fraction():
     data = encode(Image.fromarray(RAMP), "PNG")
     full = decode_image(data).pixels
     np.testing.assert_array_equal(decode_image(data, crop_bottom=4).pixels, full[:20])
+    np.testing.assert_array_equal(decode_image(data, crop_bottom=4.0).pixels, full[:20])
     np.testing.assert_array_equal(decode_image(data, crop_bottom=0.25).pixels, full[:18])
     assert code_of(data, crop_bottom=17) == "bad_size"
-    for bad in (-1, 1.0, 1.5, "3"):
+    for bad in (-1, -0.5, 1.5, float("nan"), float("inf"), True, "3"):
         with pytest.raises(NanoinspectError):
             decode_image(data, crop_bottom=bad)
 

@@ -130,7 +130,8 @@ def test_rle_is_coco_column_major():
     "params",
     [{"alpha": 2}, {"alpha": -0.1}, {"alpha": "nan"}, {"pixel_threshold": "inf"},
      {"image_threshold": -1}, {"mask_format": "jpeg"}, {"heatmap": "maybe"}, {"sigma": 99},
-     {"sigma": 8.5}, {"min_area": -3}, {"max_regions": -1}, {"unknown": 1}],
+     {"sigma": 8.5}, {"min_area": -3}, {"max_regions": -1}, {"unknown": 1}, {"crop_bottom": 1.5},
+     {"crop_bottom": -1}],
 )  # fmt: skip
 async def test_bad_parameters_are_422(client, params):
     assert_error(

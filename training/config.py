@@ -10,6 +10,7 @@ from pathlib import Path
 
 from models.config import ModelConfig
 from models.errors import NanoinspectError
+from models.images import crop_setting
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,10 @@ class TrainConfig:
     log_every: int = 10  # TensorBoard scalars
     image_every: int = 250  # TensorBoard image grids (input, reconstruction, score map)
     holdout_fraction: float = 0.15  # normal images kept out of training, for calibration
-    crop_bottom: float = 0.0  # SEM banner to drop: pixels (>= 1) or fraction of the height
+    crop_bottom: float = 0.0  # SEM banner to drop: rows (>= 1) or fraction of the height
+
+    def __post_init__(self) -> None:
+        crop_setting(self.crop_bottom)  # a bad banner setting fails before any work
 
 
 def _from_section(cls: type, values: dict, section: str):

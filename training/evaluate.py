@@ -60,7 +60,7 @@ def evaluate(
     if kinds == {"good"} or "good" not in kinds:
         only = "good" if kinds == {"good"} else "defective"
         _warn(f"{data}: only {only} test images: AUROC needs both good and defective (null)")
-    crop = det.meta.train_config.get("crop_bottom", 0.0)
+    crop = det.meta.crop_bottom
     rows = []
     for s in layout.test:
         img = load_image(s.path, crop_bottom=crop, sample_bits=det.meta.sample_bits).pixels

@@ -95,7 +95,7 @@ def detector_speed(model: Path, images: Sequence[Path], batch: int = 8) -> dict:
 
     gpu = Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
     det = Detector(model, providers=("cuda", "cpu") if gpu else ("cpu",))
-    crop = det.meta.train_config.get("crop_bottom", 0.0)
+    crop = det.meta.crop_bottom
     pixels = [load_image(p, crop_bottom=crop).pixels for p in images]
     det.score(pixels[:batch])
     began = time.perf_counter()
