@@ -1,7 +1,9 @@
 """The FastAPI application. `create_app(settings)` wires settings, logging, metrics, error
 handlers and routers; the lifespan loads and warms the model in a worker thread.
 
-Run with `nanoinspect serve`, or `uvicorn --factory service.app:create_app`."""
+Served by `nanoinspect serve` (service.server.run, with the connection protections); started
+by another server from its import string, it refuses (service.server.check_started_by_run).
+Code that embeds the app passes its Settings and answers for the server itself."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from service.observability import Metrics, ObservabilityMiddleware, configure_lo
 from service.openapi import adjust_schema
 from service.routes import admin, ops, score, web
 from service.security import RateLimiter, SecurityHeadersMiddleware
+from service.server import check_started_by_run
 from service.settings import Settings
 from service.uploads import UploadBudget
 
@@ -40,7 +43,10 @@ DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    """The app for `settings`; without them (a server's import string) only under run()."""
+    if settings is None:
+        check_started_by_run()
+        settings = Settings()
     configure_logging(settings.log_format, settings.log_level)
     metrics = Metrics()
     inspector = Inspector(settings, metrics)

@@ -12,8 +12,6 @@ import typer
 
 from models.errors import NanoinspectError
 
-MAX_HEADER_BYTES = 32 << 10  # request line and headers; browsers send 1-8 KiB
-
 app = typer.Typer(
     help="Find defects in SEM images of nanofibre mats.",
     rich_markup_mode=None,  # plain click help: rich cuts option names at 80 columns
@@ -301,12 +299,11 @@ def serve(
     """Serve the REST API, metrics and web page; every setting also reads NANOINSPECT_*
     (API keys only from NANOINSPECT_API_KEYS, so they never show in a process list)."""
     import os
-    import shutil
-    import tempfile
 
     from pydantic import ValidationError
 
     from service.observability import configure_logging
+    from service.server import run
     from service.settings import Settings
 
     given = {
@@ -328,15 +325,7 @@ def serve(
     configure_logging(settings.log_format, settings.log_level)
     if settings.fail_on_bad_model:
         _check_model(settings)
-    metrics_dir = None
-    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        metrics_dir = tempfile.mkdtemp(prefix="nanoinspect-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    try:
-        _run_server(host, port, workers)
-    finally:
-        if metrics_dir is not None:  # ours: the workers' metric files die with the server
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+    run(host, port, workers)
 
 
 def _check_model(settings) -> None:
@@ -349,28 +338,6 @@ def _check_model(settings) -> None:
     except NanoinspectError as e:
         e.exit_code = 3
         raise
-
-
-def _run_server(host: str, port: int, workers: int) -> None:
-    import uvicorn
-
-    uvicorn.run(
-        "service.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=30,
-        # h11, not httptools: httptools buffers request headers without limit (a 1 GB
-        # header line costs 1 GB); h11 answers 400 past this many bytes of headers, and
-        # our subclass adds HEADER_TIMEOUT_S and JSON errors
-        http="service.protocol:H11Protocol",
-        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-        timeout_keep_alive=5,
-    )
 
 
 @app.command()

@@ -2,7 +2,8 @@
 request headers (a slowloris client otherwise holds its socket forever; uvicorn only times
 out idle keep-alive connections) and framing errors in the service's JSON error shape.
 
-`nanoinspect serve` runs it as `http="service.protocol:H11Protocol"`."""
+service.server.run passes it to uvicorn's public `http=` setting; uvicorn has no public hook
+for a request-head deadline, so this subclasses its h11 protocol (see service.server)."""
 
 from __future__ import annotations
 
