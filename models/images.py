@@ -30,6 +30,8 @@ from PIL import Image, UnidentifiedImageError
 from models.errors import ImageError, NanoinspectError
 
 SUPPORTED_FORMATS = ("PNG", "TIFF", "JPEG", "BMP", "GIF", "WEBP")
+# the file names training, evaluation and the batch job take for images: SUPPORTED_FORMATS
+IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 MAX_PIXELS = 50_000_000  # the largest image, for the server (NANOINSPECT_MAX_PIXELS) and the rest
 MIN_SIDE = 8
 MAX_ASPECT = 64

@@ -27,7 +27,6 @@ MARGIN = 16  # reflected context around the image: the convs' zero padding falls
 BLUR_RADIUS = 32  # fixed kernel half-width of the in-graph Gaussian: sigma is usable up to 8
 SIGMA_MAX = BLUR_RADIUS / 4
 STAT_WINDOWS = (8, 24, 40)  # local mean and contrast over these squares, on the stride grid
-OUTPUTS = ("score_map", "score", "reconstruction", "d_map", "f_map", "t_map")
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -89,7 +88,7 @@ class Whitened(nn.Module):
 
 
 class AnomalyScorer(nn.Module):
-    """image (N, 1, H, W) in [0, 1], alpha (), sigma () -> the OUTPUTS."""
+    """image (N, 1, H, W) in [0, 1], alpha (), sigma () -> models.artifact.OUTPUTS."""
 
     def __init__(self, bigan: BiGAN, r_scale: float = 1.0, d_scale: float = 1.0):
         super().__init__()

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from models.errors import NanoinspectError
-
-IMAGE_SUFFIXES = frozenset({".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"})
+from models.images import IMAGE_EXTENSIONS
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,7 @@ def _abs(path: Path) -> Path:
 
 
 def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
+    return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _walk(folder: Path, skip: Path | None) -> list[Path]:

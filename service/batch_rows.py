@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from models.atomic import replacing
 from models.errors import NanoinspectError
 from models.images import load_image
 from service import encode
@@ -78,16 +78,9 @@ def result_row(item: Item, r: Result, sha256: str, timings: dict[str, float]) ->
 
 
 def _write(path: Path, data: bytes) -> None:
-    """tmp + rename in the target folder: a killed run leaves no truncated mask behind, a
-    failed write (disk full) no temporary file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
+    """Whole or not at all: a killed run leaves no truncated mask behind."""
+    with replacing(path) as (tmp,):
         tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save(out: Path, kinds: Sequence[str], item: Item, pixels: np.ndarray, r: Result) -> None:

@@ -3,7 +3,7 @@ was reported done and never leaves a half-written file under a final name.
 
     DIR/run.json            the settings the results depend on; another run must match them
     DIR/.lock               flock'ed while a run works here (released by the kernel on kill)
-    DIR/parts/part-N.parquet  finished rows, written tmp -> fsync -> os.replace
+    DIR/parts/part-N.parquet  finished rows, written by models.atomic (tmp, fsync, rename)
     DIR/results.parquet|csv the parts merged (one row per input), rewritten atomically
 
 A row reaches a part only after its masks/overlays/maps are on disk, so a resumed run
@@ -14,10 +14,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
-import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from models.atomic import TMP_PREFIX, replacing
 from models.errors import NanoinspectError
 from service.batch_inputs import Item
 
@@ -67,24 +67,6 @@ def storage_error(out: Path, e: OSError) -> StorageError:
     )
 
 
-def _atomic_write(writes: dict[Path, Callable[[Path], object]]) -> None:
-    """Each write(tmp_path) and fsync; only when all have succeeded are they renamed over
-    their paths: readers see the old files or the new, never half of one (nor a new Parquet
-    beside an old CSV when the disk fills between them); a failed write leaves no tmp file."""
-    tmps = {path: path.with_name(f".tmp-{os.getpid()}-{path.name}") for path in writes}
-    try:
-        for path, write in writes.items():
-            write(tmps[path])
-            with tmps[path].open("rb") as f:
-                os.fsync(f.fileno())
-        for path, tmp in tmps.items():
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp in tmps.values():
-            tmp.unlink(missing_ok=True)
-        raise
-
-
 class Store:
     def __init__(self, out: Path, *, part_rows: int = 256, part_seconds: float = 5.0):
         self.out, self.parts = out, out / "parts"
@@ -118,8 +100,9 @@ class Store:
                     "use another --out, or delete it to start over"
                 )
         else:
-            _atomic_write({run: lambda p: p.write_text(json.dumps(manifest, indent=2) + "\n")})
-        for tmp in self.out.rglob(".tmp-*"):  # half-written parts, results, masks...
+            with replacing(run) as (tmp,):
+                tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        for tmp in self.out.rglob(f"{TMP_PREFIX}*"):  # half-written parts, results, masks...
             tmp.unlink(missing_ok=True)
 
     def close(self) -> None:
@@ -162,7 +145,8 @@ class Store:
         n = int(files[-1].stem.split("-")[1]) + 1 if files else 0
         table = pa.Table.from_pylist(self.buffer, schema=SCHEMA)
         part = self.parts / f"part-{n:06d}.parquet"
-        _atomic_write({part: lambda p: pq.write_table(table, str(p))})
+        with replacing(part) as (tmp,):
+            pq.write_table(table, str(tmp))
         self.buffer = []
 
     def merge(self, items: list[Item]) -> pa.Table:
@@ -174,10 +158,7 @@ class Store:
         rows = rows.take(latest).drop_columns(["_n"])
         keep = pc.is_in(rows["path"], value_set=pa.array([i.path for i in items], pa.string()))
         rows = rows.filter(keep).sort_by("path")  # items are sorted by path
-        _atomic_write(
-            {
-                self.out / RESULTS[0]: lambda p: pq.write_table(rows, str(p)),
-                self.out / RESULTS[1]: lambda p: pacsv.write_csv(rows, str(p)),
-            }
-        )
+        with replacing(*(self.out / name for name in RESULTS)) as (parquet, csv):
+            pq.write_table(rows, str(parquet))
+            pacsv.write_csv(rows, str(csv))
         return rows

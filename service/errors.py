@@ -32,6 +32,7 @@ CODE_BY_STATUS = {
     415: "unsupported_media_type",
     503: "unavailable",
 }
+RETRY_AFTER = "1"  # seconds an overloaded server (503) asks a client to wait
 
 
 class ApiError(Exception):

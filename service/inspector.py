@@ -24,14 +24,13 @@ from models.detector import Detector, Result
 from models.errors import ArtifactError, NanoinspectError
 from models.images import Decoded, decode_image
 from service.batcher import Batcher, DeadlineExceeded, Overloaded
-from service.errors import ApiError
+from service.errors import RETRY_AFTER, ApiError
 from service.observability import Metrics
 from service.schemas import ModelIdentity, ScoreParams
 from service.settings import Settings
 from service.uploads import Part
 
 log = logging.getLogger(__name__)
-RETRY_AFTER = "1"
 
 
 @dataclass

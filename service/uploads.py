@@ -17,11 +17,10 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from service.errors import ApiError
+from service.errors import RETRY_AFTER, ApiError
 
 MAX_PARTS_EXTRA = 8  # non-file form fields tolerated beside the files
 MAX_PART_HEADER_BYTES = 16 << 10  # a part's header block; browsers send ~150 bytes
-RETRY_AFTER = "1"
 
 
 class UploadBudget:

@@ -72,4 +72,4 @@ def test_torchrun_two_gloo_processes(synth_data, tmp_path, stop):
     assert ckpt.name == f"step_{state['step']:07d}.pt"
     assert state["step"] == 3 if "steps" in stop else state["step"] >= 1
     assert all(torch.isfinite(v).all() for v in state["model"].values())
-    assert not list(Path(out).rglob("*.tmp"))
+    assert not list(Path(out).rglob(".tmp-*"))

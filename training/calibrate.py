@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from models.artifact import ArtifactMeta
+from models.atomic import replacing
 from models.detector import Detector
 from models.errors import ArtifactError, DataError, NanoinspectError
 from models.scale import resample, to_scale
@@ -61,13 +61,9 @@ def calibrate_in_place(
 ) -> ArtifactMeta:
     """calibrate() on a copy, which replaces path only once complete: a failure (or a kill)
     leaves the old model as it was."""
-    tmp = path.with_name(f".{path.name}.calibrate.tmp")
-    try:
+    with replacing(path) as (tmp,):
         shutil.copyfile(path, tmp)
         meta = calibrate(tmp, normals, labelled, **settings)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return meta
 
 
@@ -82,9 +78,8 @@ def write_artifact(model: onnx.ModelProto, meta: ArtifactMeta, path: Path) -> No
         init.CopyFrom(numpy_helper.from_array(np.asarray(values[name], np.float32), name))
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, meta.to_props())
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(model, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as (tmp,):
+        onnx.save(model, tmp)
 
 
 def raw_terms(det: Detector, image: np.ndarray) -> dict[str, np.ndarray]:

@@ -17,9 +17,8 @@ import numpy as np
 import torch
 
 from models.errors import DataError, ImageError
-from models.images import Decoded, load_image
+from models.images import IMAGE_EXTENSIONS, Decoded, load_image
 
-IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 NAMED_ERRORS = 5  # unreadable files named in the one-line error; the rest are counted
 
 

@@ -5,11 +5,9 @@ torch on real images at two sizes, calibration, and onnx's full checker."""
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import torch
 from onnx import numpy_helper
 
 from models.artifact import INPUTS, OUTPUTS, ArtifactMeta
+from models.atomic import replacing
 from models.config import ModelConfig
 from models.detector import Detector
 from models.errors import NanoinspectError
@@ -26,6 +25,7 @@ from models.phase import for_export, restore
 from models.scoring import SIGMA_MAX, AnomalyScorer
 from training.calibrate import calibrate, check_settings, write_artifact
 from training.data import find_dataset, load_images, load_mask
+from training.provenance import code_version
 from training.selfcheck import Labelled
 from training.train import BEST, latest_checkpoint
 
@@ -158,16 +158,12 @@ def reexport(src: Path, out: Path) -> float:
     """Write `src`'s model again with this code's graph, keeping its weights, calibration and
     metadata (a newer, faster graph without retraining); returns the parity error seen."""
     scorer, meta = scorer_from_artifact(src)
-    tmp = out.with_name(out.name + ".export.tmp")
-    try:
+    with replacing(out) as (tmp,):
         write_graph(scorer, tmp, meta.sigma)
         write_artifact(onnx.load(tmp), meta, tmp)
         images = [np.random.default_rng(i).random((256, 256), dtype=np.float32) for i in range(2)]
         parity = check_parity(scorer, tmp, images)
         onnx.checker.check_model(onnx.load(tmp), full_check=True)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return parity
 
 
@@ -213,9 +209,6 @@ def export(
     if not normals:
         raise NanoinspectError("no held-out normal images to calibrate on")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".export.tmp")
-    write_graph(scorer, tmp)
     meta = ArtifactMeta(  # alpha, sigma, weights and thresholds are set by calibrate below
         name=name or out.stem,
         alpha=0.5 if alpha is None else alpha,
@@ -235,17 +228,15 @@ def export(
         fibre_scale=info.get("fibre_scale", 0.0),
         sample_bits=bits,
         data_digest=info["data_digest"],
-        code_version=version("nanoinspect"),
+        code_version=code_version(),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    try:
+    with replacing(out) as (tmp,):
+        write_graph(scorer, tmp)
         write_artifact(onnx.load(tmp), meta, tmp)
         parity = check_parity(scorer, tmp, [*normals, *(s.image for s in labelled)])
         meta = calibrate(tmp, normals, labelled, alpha=alpha)
         onnx.checker.check_model(onnx.load(tmp), full_check=True)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return meta, parity
 
 
@@ -261,8 +252,7 @@ def to_fp16(src: Path, out: Path) -> float:
     half = convert_float_to_float16(
         model, keep_io_types=True, op_block_list=FP32_OPS, node_block_list=whitening
     )
-    tmp = out.with_name(out.name + ".fp16.tmp")
-    try:
+    with replacing(out) as (tmp,):
         onnx.save(half, tmp)
         ref, det = Detector(src, providers=("cpu",)), Detector(tmp, providers=("cpu",))
         rng = np.random.default_rng(0)
@@ -279,9 +269,6 @@ def to_fp16(src: Path, out: Path) -> float:
                     f"{np.abs(a[k] - b[k]).max():.3g} "
                     f"(tolerance rtol {FP16_RTOL}, atol {FP16_ATOL})"
                 )
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return worst
 
 

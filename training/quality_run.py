@@ -153,7 +153,7 @@ def unit(value: object) -> float | None:
 
 
 def files(folder: Path) -> list[Path]:
-    from training.data import IMAGE_EXTENSIONS
+    from models.images import IMAGE_EXTENSIONS
 
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
 

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from scipy import ndimage as ndi
 
+from models.atomic import replacing
 from models.errors import DataError
 from training import synth_effects as fx
 from training.domains import DEFAULT_DOMAIN, Domain, get_domain
@@ -286,8 +287,6 @@ def contact_sheet(
             xy = (c * tw + (tw - im.width) // 2, r * th + (th - im.height) // 2)
             sheet.paste(Image.fromarray(rgb), xy)
             draw.text((c * tw + 3, r * th + 2), label, (255, 255, 0), font)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, out)
+    with replacing(out) as (tmp,):
+        sheet.save(tmp, format="PNG")
     return out

@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from models.atomic import replacing
 from models.config import ModelConfig
 from models.errors import NanoinspectError
 from models.networks import BiGAN
@@ -90,10 +91,8 @@ def data_digest(samples: list[Sample], root: Path) -> str:
 
 
 def _save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # never a half-written checkpoint under its final name
+    with replacing(path) as (tmp,):  # never a half-written checkpoint under its final name
+        torch.save(obj, tmp)
 
 
 def _image_grid(scorer: AnomalyScorer, image: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,73 @@
+"""Issue 15: each setting, limit and file-writing rule has one definition that every surface
+uses: the atomic replacement of files, the image file names, the artifact's code version."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.atomic import TMP_PREFIX, replacing
+from service.batch_inputs import expand
+from tests.conftest import ROOT
+from training.data import find_dataset
+
+WRITERS = ("models", "training", "service")
+MOVES = {"training/synth.py"}  # swaps a whole generated folder into place, not a file
+
+
+def test_a_file_is_replaced_whole_or_not_at_all(tmp_path):
+    a, b = tmp_path / "new" / "a.txt", tmp_path / "new" / "b.txt"
+    with replacing(a, b) as (ta, tb):
+        ta.write_text("a1")
+        tb.write_text("b1")
+        assert not a.exists()  # nothing under the final names while writing
+    assert (a.read_text(), b.read_text()) == ("a1", "b1")
+    with pytest.raises(OSError), replacing(a, b) as (ta, tb):
+        ta.write_text("a2")
+        raise OSError(28, "No space left on device")
+    assert (a.read_text(), b.read_text()) == ("a1", "b1")
+    assert not list(tmp_path.rglob(f"{TMP_PREFIX}*"))
+
+
+def test_files_are_replaced_only_through_models_atomic():
+    """os.replace/rename anywhere else would be a second, unsynced way to write a file."""
+    pattern = re.compile(r"\bos\.replace\(|\.rename\(")
+    found = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for top in WRITERS
+        for path in sorted((ROOT / top).rglob("*.py"))
+        if str(path.relative_to(ROOT)) not in MOVES | {"models/atomic.py"}
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line) and ".corrupt" not in line  # batch_store sets bad parts aside
+    ]
+    assert found == []
+
+
+def test_training_and_the_batch_job_take_the_same_image_files(tmp_path):
+    grey = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32), np.uint8))
+    for suffix in ("png", "tif", "jpg", "bmp", "gif", "webp"):
+        grey.save(tmp_path / f"a.{suffix}")
+    (tmp_path / "notes.txt").write_text("not an image")
+    trained_on = {s.path.suffix for s in find_dataset(tmp_path).train}
+    scored = {Path(i.path).suffix for i in expand([str(tmp_path)], out=tmp_path / "out")}
+    assert trained_on == scored == {".png", ".tif", ".jpg", ".bmp", ".gif", ".webp"}
+
+
+def test_the_artifact_names_the_commit_that_made_it(tiny_model):
+    from models.detector import Detector
+
+    recorded = Detector(tiny_model, providers=("cpu",)).meta.code_version
+    git = ["git", "-C", str(ROOT)]
+    if subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        from importlib.metadata import version  # not a checkout: the package version
+
+        assert recorded == version("nanoinspect")
+        return
+    commit = re.fullmatch(r"([0-9a-f]{40})(\+dirty)?", recorded)
+    assert commit, recorded
+    assert subprocess.run([*git, "merge-base", "--is-ancestor", commit[1], "HEAD"]).returncode == 0
