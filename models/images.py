@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from models.errors import ImageError, NanoinspectError
 
@@ -62,16 +62,6 @@ _EIGHT_BIT_MODES = {"1", "L", "P", "PA", "LA", "La", "RGB", "RGBA", "RGBa", "RGB
 _VIA_RGB_MODES = {"CMYK", "YCbCr", "LAB", "HSV"}
 _UINT16_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 BITS_PER_SAMPLE, MAX_SAMPLE_VALUE, S_MAX_SAMPLE_VALUE = 258, 281, 341  # TIFF tags
-# numpy versions of PIL's EXIF transposes (orientation tag 0x0112, values 2..8)
-_ORIENT = {
-    2: lambda a: a[:, ::-1],
-    3: lambda a: a[::-1, ::-1],
-    4: lambda a: a[::-1, :],
-    5: lambda a: a.T,
-    6: lambda a: np.rot90(a, -1),
-    7: lambda a: a[::-1, ::-1].T,
-    8: lambda a: np.rot90(a, 1),
-}
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,11 +118,8 @@ def decode_image(
         if isinstance(e, UnidentifiedImageError):
             detail = "header not understood: corrupt, or a variant Pillow cannot read"
         raise ImageError(f"{name}: corrupt or truncated {fmt} ({detail})", code="corrupt") from None
+    _upright(im, notes)
     grey, depth = _to_grey(im, name, notes, sample_bits)
-    orientation = _orientation(im, notes)
-    if orientation in _ORIENT:
-        grey = _ORIENT[orientation](grey)
-        notes.append(f"EXIF orientation {orientation} applied")
     grey = _crop(grey, crop_bottom, name)
     _check_shape((grey.shape[1], grey.shape[0]), name, limit)
     pixels = np.ascontiguousarray(grey, dtype=np.float32)
@@ -192,14 +179,17 @@ def _count_frames(im: Image.Image) -> tuple[int, bool]:
     return MAX_COUNTED_PAGES, True
 
 
-def _orientation(im: Image.Image, notes: list[str]) -> int | None:
-    """The EXIF orientation tag; unreadable EXIF is ignored rather than failing the image."""
+def _upright(im: Image.Image, notes: list[str]) -> None:
+    """Pillow's EXIF transpose, in place; unreadable EXIF is ignored rather than failing the
+    image."""
     try:
-        value = im.getexif().get(0x0112)
+        orientation = im.getexif().get(0x0112)
+        ImageOps.exif_transpose(im, in_place=True)
     except Exception as e:
         notes.append(f"EXIF unreadable, orientation ignored ({type(e).__name__})")
-        return None
-    return value if isinstance(value, int) else None
+        return
+    if orientation in range(2, 9):
+        notes.append(f"EXIF orientation {orientation} applied")
 
 
 def _check_shape(size: tuple[int, int], name: str, limit: int) -> None:

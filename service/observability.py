@@ -4,7 +4,6 @@ are one JSON object per line carrying the request id that X-Request-ID echoes.""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -14,6 +13,8 @@ from contextvars import ContextVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+from pythonjsonlogger import json as jsonlogger
+from pythonjsonlogger.core import RESERVED_ATTRS
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -135,13 +136,6 @@ class ObservabilityMiddleware:
             REQUEST_ID.reset(token)
 
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
-    "message",
-    "asctime",
-    "color_message",  # uvicorn's ANSI-coloured copy of msg
-}
-
-
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "request_id", None):
@@ -149,18 +143,27 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        out |= {k: v for k, v in vars(record).items() if k not in _STANDARD}
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+class JsonFormatter(jsonlogger.JsonFormatter):
+    """python-json-logger with this service's field names: ts (local, ms), level (lower
+    case), logger, msg, every `extra` field, exc; uvicorn's ANSI copy of msg left out."""
+
+    default_time_format = "%Y-%m-%dT%H:%M:%S"
+    default_msec_format = "%s.%03d"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "{asctime}{levelname}{name}{message}",
+            style="{",
+            rename_fields={
+                "asctime": "ts", "levelname": "level", "name": "logger", "message": "msg",
+                "exc_info": "exc",
+            },
+            reserved_attrs=[*RESERVED_ATTRS, "color_message"],
+        )  # fmt: skip
+
+    def add_fields(self, log_data: dict, record: logging.LogRecord, message_dict: dict) -> None:
+        super().add_fields(log_data, record, message_dict)
+        log_data["level"] = log_data["level"].lower()
 
 
 def configure_logging(fmt: str = "json", level: str = "info") -> None:

@@ -71,3 +71,21 @@ def test_the_artifact_names_the_commit_that_made_it(tiny_model):
     commit = re.fullmatch(r"([0-9a-f]{40})(\+dirty)?", recorded)
     assert commit, recorded
     assert subprocess.run([*git, "merge-base", "--is-ancestor", commit[1], "HEAD"]).returncode == 0
+
+
+def test_json_log_lines_come_from_python_json_logger(capsys):
+    import json
+    import logging
+
+    from pythonjsonlogger.json import JsonFormatter
+
+    from service.observability import configure_logging
+
+    configure_logging("json", "info")
+    (ours,) = [h for h in logging.getLogger().handlers if getattr(h, "_nanoinspect", False)]
+    assert isinstance(ours.formatter, JsonFormatter)
+    logging.getLogger("t").warning("hi %s", 1, extra={"status": 200, "color_message": "x"})
+    line = json.loads(capsys.readouterr().err.splitlines()[-1])
+    assert set(line) == {"ts", "level", "logger", "msg", "request_id", "status"}
+    assert (line["level"], line["msg"], line["status"]) == ("warning", "hi 1", 200)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}", line["ts"])
