@@ -2,6 +2,7 @@
 recipe: seed 2, 16 good and 6 per defect type, beaded included, 1024x704)."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "default.onnx"
 RECORDED = ROOT / "models" / "default.metrics.json"
+CARD = ROOT / "models" / "MODEL_CARD.md"
 MARGIN = 0.01  # same seed, same file: only floating-point noise may differ
 
 
@@ -55,3 +57,31 @@ def test_default_model_metadata_matches_its_card():
     assert det.meta.calibration["method"] == "target_fpr"
     assert det.meta.calibration["labelled_images"] == 0
     assert det.meta.calibration["check"]["passed"]
+
+
+def _card(pattern: str) -> list[float]:
+    found = re.search(pattern, CARD.read_text(), re.S)
+    assert found, f"MODEL_CARD.md no longer says {pattern!r}"
+    return [float(v) for v in re.findall(r"\d+(?:\.\d+)?", " ".join(found.groups()))]
+
+
+def test_the_card_states_what_ships():
+    """MODEL_CARD.md itself (not the JSON made beside it) names the shipped model's choices,
+    thresholds and test figures, as rounded in its text."""
+    from models.detector import Detector
+
+    meta = Detector(MODEL, providers=("cpu",)).meta
+    test = json.loads(RECORDED.read_text())["test"]
+    alpha, sigma, *weights = _card(
+        r"chosen \*\*alpha ([\d.]+), sigma ([\d.]+), weights \(BiGAN term, features, "
+        r"statistics\) \(([\d., ]+)\)\*\*"
+    )
+    assert (alpha, sigma) == (meta.alpha, meta.sigma)
+    assert weights == pytest.approx(meta.term_weights, abs=0.005)
+    gamma, tau = _card(r"gamma flags [^(]*\(([\d.]+)\) and tau [^(]*\(([\d.]+)\)")
+    assert (gamma, tau) == (round(meta.pixel_threshold, 3), round(meta.image_threshold, 3))
+    table = _card(r"\n\| all \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|")
+    keys = ("image_auroc", "image_auroc_formula", "pixel_auroc", "aupro")
+    assert table == [round(test[k], 3) for k in keys]
+    f1, iou = _card(r"Pixel F1 (\d\.\d+), IoU (\d\.\d+)")
+    assert (f1, iou) == (round(test["pixel_f1"], 3), round(test["pixel_iou"], 3))

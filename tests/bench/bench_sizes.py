@@ -70,10 +70,10 @@ def rows(repeats: int = 3) -> list[Row]:
             Row(
                 "sizes",
                 f"channels {c}" + (" (default)" if c == meta.model_config["channels"] else ""),
-                f"AUROC {q['pixel_auroc']:.3f}, AUPRO {q['aupro']:.3f}",
-                f"{flops[c] / 1e9:.0f} GFLOP/MP, {ips:.2f} img/s",
+                f"recorded: AUROC {q['pixel_auroc']:.3f}, AUPRO {q['aupro']:.3f}",
+                f"measured: {flops[c] / 1e9:.0f} GFLOP/MP, {ips:.2f} img/s",
                 None,
-                note=f"quality after {q['steps']} steps: {q['source']}",
+                note=f"quality recorded in sizes.json, after {q['steps']} steps: {q['source']}",
             )
         )
     return out
