@@ -11,8 +11,16 @@ PORT ?= 8000
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# The serving dependencies come from requirements/serve.lock, the versions and hashes the
+# image installs, so the tests run what ships; the lock is for Linux x86-64 and Python 3.11
+# (its wheels and hashes), so elsewhere they are what resolves today.
+LOCK_APPLIES := import platform, sys; sys.exit(not (sys.platform == "linux" and \
+	platform.machine() == "x86_64" and sys.version_info[:2] == (3, 11)))
+$(VENV)/.installed: pyproject.toml requirements/serve.lock | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH)
+	if $(BIN)/python -c '$(LOCK_APPLIES)'; then \
+		$(BIN)/pip install --quiet --require-hashes -r requirements/serve.lock; \
+	else echo "requirements/serve.lock is for Linux x86-64, Python 3.11: not applied here"; fi
 	$(BIN)/pip install --quiet -e '.[train,serve,ray,dev]'
 	touch $@
 
