@@ -10,9 +10,10 @@ import hashlib
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -32,6 +33,7 @@ PROVIDERS = {
 GPU_PROVIDERS = {PROVIDERS["tensorrt"], PROVIDERS["cuda"]}
 MIN_IMAGE_SIDE = 8  # smaller sides are refused; sides under MIN_SIDE are mirrored out
 MIN_SIDE = 24  # the graph reflects 16 px of context (+ stride padding) around an image
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,25 @@ class Result:
     @property
     def anomalous_area_fraction(self) -> float:
         return float(self.mask.mean())
+
+
+def score_isolated(
+    score: Callable[[list[np.ndarray]], list[R]], images: list[np.ndarray]
+) -> list[R | Exception]:
+    """score(images) in one call; if that fails, each image alone, so one bad image costs
+    only its own result (its exception), in the HTTP batcher and the batch job alike."""
+    try:
+        return list(score(images))
+    except Exception as e:
+        if len(images) == 1:
+            return [e]
+    out: list[R | Exception] = []
+    for image in images:
+        try:
+            out += score([image])
+        except Exception as e:
+            out.append(e)
+    return out
 
 
 def file_sha256(path: Path) -> str:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from models.atomic import replacing
+from models.detector import score_isolated
 from models.errors import NanoinspectError
 from models.images import load_image
 from service import encode
@@ -125,16 +126,12 @@ def finish(
 def score_batch(
     detector: Detector, images: list[np.ndarray], alpha: float | None
 ) -> tuple[list[Result | str], float]:
-    """Score same-size images together; if the batch fails, each alone, so one bad image
-    costs only its own row. Returns (Result or error message per image, ms per image)."""
+    """Score same-size images together, one bad image costing only its own row. Returns
+    (Result or error message per image, ms per image)."""
     t0 = time.perf_counter()
-    try:
-        out: list[Result | str] = list(detector.score(images, alpha=alpha))
-    except Exception:
-        out = []
-        for img in images:
-            try:
-                out += detector.score([img], alpha=alpha)
-            except Exception as e:
-                out.append(f"scoring failed: {type(e).__name__}: {e}")
+    results = score_isolated(lambda batch: detector.score(batch, alpha=alpha), images)
+    out: list[Result | str] = [
+        f"scoring failed: {type(r).__name__}: {r}" if isinstance(r, Exception) else r
+        for r in results
+    ]
     return out, (time.perf_counter() - t0) * 1000 / max(len(images), 1)

@@ -2,7 +2,8 @@
 share an inference call (same image size and scoring settings) up to what the model takes
 in one call (`Detector.per_call`: a count and a pixel budget) or `batch_wait`, and runs
 `Detector.score` in ONE dedicated thread, so the event loop never runs inference and the
-model never runs twice at once. After `idle_release_s` without work, the models that ran
+model never runs twice at once. A batch that fails is retried image by image, so one bad
+image fails only its own request. After `idle_release_s` without work, the models that ran
 give their arena's free memory back (`Detector.trim`) and so does the C heap (glibc's
 malloc_trim: decoded images and results freed by other threads), so a burst's peak is not
 kept.
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+
+from models.detector import score_isolated
 
 log = logging.getLogger(__name__)
 
@@ -182,20 +185,19 @@ class Batcher:
         model, params = live[0].model, live[0].params  # the same for the whole batch
         self._ran.add(model)
         loop = asyncio.get_running_loop()
-        try:
-            results = await loop.run_in_executor(
-                self._executor, lambda: model.score(images, **params)
-            )
-        except Exception as e:
-            for job in live:
-                if not job.future.done():
-                    job.future.set_exception(e)
-            return
+        results = await loop.run_in_executor(
+            self._executor,
+            lambda: score_isolated(lambda batch: model.score(batch, **params), images),
+        )
         seconds = time.perf_counter() - started
         self._observe(len(live), seconds)
         for job, result in zip(live, results, strict=True):
             job.started, job.inference_s, job.batch_size = started, seconds, len(live)
-            if not job.future.done():
+            if job.future.done():
+                continue
+            if isinstance(result, Exception):
+                job.future.set_exception(result)
+            else:
                 job.future.set_result(result)
 
 

@@ -239,6 +239,9 @@ class Inspector:
             raise _overloaded(str(e)) from None
         except NanoinspectError as e:
             raise ApiError.from_nanoinspect(e) from None
+        except Exception as e:  # the runtime failed on this image alone (the batcher retried)
+            log.error("scoring %s failed", part.filename or "an upload", exc_info=e)
+            raise ApiError(500, "scoring_failed", f"scoring failed: {type(e).__name__}") from None
         self.metrics.images.inc()
         self.metrics.anomalous.inc(int(result.is_anomalous))
         self.metrics.regions.inc(len(result.regions))
