@@ -50,7 +50,7 @@ class Model(Protocol):
 
 
 @dataclass(eq=False)
-class Job:
+class Pending:
     model: Model  # scores this job (and answers for it)
     image: np.ndarray  # float32 (H, W) in [0, 1]
     params: dict[str, Any]  # keyword arguments of Detector.score, all resolved
@@ -83,8 +83,8 @@ class Batcher:
         self.batch_wait_s, self.queue_size = batch_wait_s, queue_size
         self.idle_release_s = idle_release_s
         self._ran: weakref.WeakSet[Model] = weakref.WeakSet()  # since the last release
-        self._queue: asyncio.Queue[Job] = asyncio.Queue()
-        self._held: deque[Job] = deque()  # taken from the queue but not in this batch's group
+        self._queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self._held: deque[Pending] = deque()  # taken from the queue but not in this batch's group
         self._waiting = 0  # jobs submitted and not yet running: what queue_size bounds
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="nanoinspect-infer")
         self._task: asyncio.Task | None = None
@@ -111,12 +111,12 @@ class Batcher:
 
     def submit(
         self, model: Model, image: np.ndarray, params: dict[str, Any], deadline: float
-    ) -> Job:
+    ) -> Pending:
         """Queue one image for `model`; raises Overloaded when queue_size images already wait."""
         if not self.has_room():
             raise Overloaded(f"{self._waiting} images already wait (queue_size {self.queue_size})")
         loop = asyncio.get_running_loop()
-        job = Job(model, image, params, deadline, loop.create_future())
+        job = Pending(model, image, params, deadline, loop.create_future())
         self._queue.put_nowait(job)
         self._set_waiting(+1)
         return job
@@ -133,7 +133,7 @@ class Batcher:
             except Exception:  # never let one bad batch stop the service
                 log.exception("batch of %d failed", len(batch))
 
-    async def _next(self) -> Job:
+    async def _next(self) -> Pending:
         """The next queued job; if none comes within idle_release_s, the models that ran
         since the last release first give their free memory back."""
         if self._ran:
@@ -147,7 +147,7 @@ class Batcher:
                     log.exception("releasing the models' free memory failed")
         return await self._queue.get()
 
-    async def _collect(self) -> list[Job]:
+    async def _collect(self) -> list[Pending]:
         """Wait for a first job, then gather jobs with its key until its model's per-call
         limit or batch_wait."""
         first = self._held.popleft() if self._held else await self._next()
@@ -167,7 +167,7 @@ class Batcher:
             (batch if job.key == first.key else self._held).append(job)
         return batch
 
-    async def _infer(self, batch: list[Job]) -> None:
+    async def _infer(self, batch: list[Pending]) -> None:
         self._set_waiting(-len(batch))
         now = asyncio.get_running_loop().time()
         live = []
@@ -208,7 +208,7 @@ def _release(models: list[Model]) -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _drain(queue: asyncio.Queue[Job]) -> list[Job]:
+def _drain(queue: asyncio.Queue[Pending]) -> list[Pending]:
     jobs = []
     while not queue.empty():
         jobs.append(queue.get_nowait())

@@ -382,7 +382,8 @@ def score(
 
     A killed run started again with the same arguments resumes where it stopped.
     Exit status: 0 all scored, 1 some inputs failed (see the error column), 2 usage error."""
-    from service.batch import Job, run
+    from service.batch.driver import run
+    from service.batch.job import Job
 
     kinds = ("masks",) * save_masks + ("overlays",) * save_overlays + ("maps",) * save_maps
     job = Job(

@@ -18,8 +18,9 @@ from typer.testing import CliRunner
 from models.detector import Detector
 from models.errors import NanoinspectError
 from models.images import load_image
-from service.batch import Job, run
-from service.batch_inputs import check_output_names, expand
+from service.batch.driver import run
+from service.batch.inputs import check_output_names, expand
+from service.batch.job import Job
 from service.cli import app
 from tests.test_batch_support import make_bad, make_inputs, same_results, table
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.batch import Job, run
+from service.batch.driver import run
+from service.batch.job import Job
 from tests.test_batch_support import make_bad, make_inputs, same_results, table
 
 pytest.importorskip("ray")

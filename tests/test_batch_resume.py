@@ -12,7 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from service.batch import Job, run
+from service.batch.driver import run
+from service.batch.job import Job
 from tests.test_batch_support import cli, make_noise, same_results, table
 
 N = 60

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from models.detector import Detector, Result
-from service.encode import rle_decode
+from models.render import rle_decode
 from tests.test_service_support import ROOT, defect_image, encode, serve
 
 RTOL = 1e-5

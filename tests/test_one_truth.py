@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from models.atomic import TMP_PREFIX, replacing
-from service.batch_inputs import expand
+from service.batch.inputs import expand
 from tests.conftest import ROOT
 from training.data import find_dataset
 
@@ -43,7 +43,7 @@ def test_files_are_replaced_only_through_models_atomic():
         for path in sorted((ROOT / top).rglob("*.py"))
         if str(path.relative_to(ROOT)) not in MOVES | {"models/atomic.py"}
         for n, line in enumerate(path.read_text().splitlines(), 1)
-        if pattern.search(line) and ".corrupt" not in line  # batch_store sets bad parts aside
+        if pattern.search(line) and ".corrupt" not in line  # the batch store sets bad parts aside
     ]
     assert found == []
 

@@ -21,8 +21,8 @@ from PIL import Image
 from models.detector import Detector
 from models.errors import ArtifactError
 from models.images import decode_image
+from models.render import mask_rle, rle_decode
 from service.app import create_app
-from service.encode import mask_rle, rle_decode
 from service.settings import Settings
 from tests.test_service_support import ROOT, accepted_uploads, bad_uploads, defect_png, metric
 

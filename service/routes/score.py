@@ -13,8 +13,8 @@ import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from models import render
 from models.detector import MIN_SIDE
-from service import encode
 from service.deps import DeadlineDep, InspectorDep, SettingsDep
 from service.errors import ApiError
 from service.inspector import Scored
@@ -67,12 +67,12 @@ def _build(s: Scored, q: ScoreQuery) -> ScoreOut:
     r = s.result
     mask = None
     if q.mask_format == "png":
-        mask = MaskOut(format="png", data=encode.b64(encode.mask_png(r.mask)))
+        mask = MaskOut(format="png", data=render.b64(render.mask_png(r.mask)))
     elif q.mask_format == "rle":
-        mask = MaskOut(format="rle", data=RLE(**encode.mask_rle(r.mask)))
+        mask = MaskOut(format="rle", data=RLE(**render.mask_rle(r.mask)))
     heatmap = None
     if q.heatmap:
-        heatmap = PngOut(data=encode.b64(encode.heatmap_png(r.score_map, r.pixel_threshold)))
+        heatmap = PngOut(data=render.b64(render.heatmap_png(r.score_map, r.pixel_threshold)))
     regions = [
         RegionOut(bbox=g.bbox, area=g.area, peak_score=g.peak_score, mean_score=g.mean_score)
         for g in r.regions[: q.max_regions]
@@ -149,7 +149,7 @@ async def overlay(
     s = await _one(request, inspector, settings, query, deadline)
     r = s.result
     png = await anyio.to_thread.run_sync(
-        lambda: encode.overlay_png(
+        lambda: render.overlay_png(
             s.decoded.pixels, r.score_map, r.mask, r.regions, r.pixel_threshold,
             heatmap=query.heatmap, contours=query.contours, boxes=query.boxes,
             opacity=query.opacity,

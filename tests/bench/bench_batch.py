@@ -21,7 +21,8 @@ import numpy as np
 
 from models.detector import Detector
 from models.images import load_image
-from service.batch import Job, run
+from service.batch.driver import run
+from service.batch.job import Job
 from tests.bench.common import SIZE, Row, alternate, bench_model, median, show
 
 SECTION = "batch job"

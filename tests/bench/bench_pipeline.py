@@ -57,7 +57,8 @@ def stages(url: str, data: list[bytes]) -> dict[str, float]:
 
 def job_rate(model: Path, data: list[bytes], n: int, tmp: Path) -> tuple[float, float]:
     """Images/s of `nanoinspect score` over n PNG files, and per CPU-second of this process."""
-    from service.batch import Job, run
+    from service.batch.driver import run
+    from service.batch.job import Job
 
     root = tmp / "job"
     root.mkdir()

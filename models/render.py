@@ -1,5 +1,6 @@
 """Pictures and compact encodings of a result: the mask as PNG or COCO RLE, the score map
-as a colour heatmap, and the overlay people look at. numpy + Pillow only."""
+as a colour heatmap, and the overlay people look at: the server's responses and the batch
+job's files alike. numpy + Pillow only."""
 
 from __future__ import annotations
 

@@ -13,18 +13,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from models import render
 from models.atomic import replacing
 from models.detector import score_isolated
 from models.errors import NanoinspectError
 from models.images import load_image
-from service import encode
-from service.batch_inputs import Item, output_path
-from service.batch_store import DISK_FULL, storage_error
+from service.batch.inputs import Item, output_path
+from service.batch.store import DISK_FULL, storage_error
 
 if TYPE_CHECKING:  # decoder processes import this module: keep onnxruntime out of them
     from models.detector import Detector, Result
-
-KINDS = ("masks", "overlays", "maps")  # what --save-masks/--save-overlays/--save-maps write
 
 
 @dataclass(frozen=True)
@@ -86,9 +84,9 @@ def _write(path: Path, data: bytes) -> None:
 
 def save(out: Path, kinds: Sequence[str], item: Item, pixels: np.ndarray, r: Result) -> None:
     if "masks" in kinds:
-        _write(output_path(out, "masks", item, ".png"), encode.mask_png(r.mask))
+        _write(output_path(out, "masks", item, ".png"), render.mask_png(r.mask))
     if "overlays" in kinds:
-        png = encode.overlay_png(pixels, r.score_map, r.mask, r.regions, r.pixel_threshold)
+        png = render.overlay_png(pixels, r.score_map, r.mask, r.regions, r.pixel_threshold)
         _write(output_path(out, "overlays", item, ".png"), png)
     if "maps" in kinds:
         buf = io.BytesIO()
@@ -123,7 +121,7 @@ def finish(
     return result_row(item, r, sha256, timings | {"save_ms": (time.perf_counter() - t0) * 1000})
 
 
-def score_batch(
+def score_group(
     detector: Detector, images: list[np.ndarray], alpha: float | None
 ) -> tuple[list[Result | str], float]:
     """Score same-size images together, one bad image costing only its own row. Returns

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from service.batch_inputs import Item
-from service.batch_rows import Loaded, error_row, finish, load, score_batch
+from service.batch.inputs import Item
+from service.batch.job import Job
+from service.batch.rows import Loaded, error_row, finish, load, score_group
 
 if TYPE_CHECKING:
     from models.detector import Detector
-    from service.batch import Job
 
 
 def _decoders(kind: str, workers: int) -> Executor:
@@ -51,7 +51,7 @@ def local_rows(
 
     def score(shape: tuple[int, ...]) -> None:
         bucket = buckets.pop(shape)
-        results, ms = score_batch(detector, [x.pixels for _, x in bucket], job.alpha)
+        results, ms = score_group(detector, [x.pixels for _, x in bucket], job.alpha)
         for (item, x), r in zip(bucket, results, strict=True):
             if isinstance(r, str):
                 saving.append(

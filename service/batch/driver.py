@@ -11,49 +11,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from models.detector import Detector
-from models.errors import NanoinspectError
 from models.images import crop_setting
-from service.batch_inputs import Item, check_output_names, expand
-from service.batch_rows import KINDS
-from service.batch_store import RESULTS, Store, storage_error
+from service.batch.inputs import Item, check_output_names, expand
+from service.batch.job import Job, validate
+from service.batch.store import RESULTS, Store, storage_error
 
 SHOWN_ERRORS = 5  # error lines printed; the results hold them all
-
-
-@dataclass(frozen=True)
-class Job:
-    model: Path
-    inputs: list[str]
-    out: Path
-    batch_size: int = 8
-    workers: int | None = None  # local: decoders (default min(4, CPUs)); ray: actors (1)
-    kinds: tuple[str, ...] = ()  # subset of KINDS
-    alpha: float | None = None  # None: the model's
-    crop_bottom: float | int | None = None  # rows or a fraction; None: as the model was trained
-    engine: Literal["local", "ray"] = "local"
-    providers: tuple[str, ...] = ("cuda", "cpu")  # local: onnxruntime's, in order
-    decoder: Literal["threads", "processes"] = "threads"
-    ray_address: str | None = None
-    gpus_per_worker: float = 0.0
-    retry_errors: bool = False
-    part_rows: int = 256  # rows per part file (a kill loses at most the unwritten ones)
-    progress: bool = True
-
-    def manifest(self, sha256: str, crop: float | int) -> dict:
-        """What the results depend on; speed settings (engine, workers...) may change."""
-        return {
-            "model_sha256": sha256,
-            "inputs": [os.path.abspath(i) for i in self.inputs],
-            "alpha": self.alpha,
-            "crop_bottom": crop,
-            "outputs": sorted(self.kinds),
-        }
 
 
 @dataclass
@@ -85,33 +53,13 @@ class Summary:
         )
 
 
-def validate(job: Job) -> None:
-    if job.out.exists() and not job.out.is_dir():
-        raise NanoinspectError(f"--out {job.out} is a file, not a results folder")
-    unknown = set(job.kinds) - set(KINDS)
-    if unknown:
-        raise NanoinspectError(f"unknown outputs {sorted(unknown)}; choose from {KINDS}")
-    if job.alpha is not None and not 0.0 <= job.alpha <= 1.0:
-        raise NanoinspectError(f"--alpha must lie in [0, 1], not {job.alpha}")
-    if job.batch_size < 1 or (job.workers is not None and job.workers < 1):
-        raise NanoinspectError("--batch-size and --workers must be at least 1")
-    if job.gpus_per_worker < 0:
-        raise NanoinspectError("--gpus-per-worker must be >= 0")
-    if job.engine not in ("local", "ray"):
-        raise NanoinspectError(f"--engine must be local or ray, not {job.engine!r}")
-    if job.decoder not in ("threads", "processes"):
-        raise NanoinspectError(f"--decoder must be threads or processes, not {job.decoder!r}")
-    if job.crop_bottom is not None:
-        crop_setting(job.crop_bottom)
-
-
 def run(job: Job) -> Summary:
     """Score every input not yet done; return counts over all inputs."""
     from tqdm import tqdm
 
     validate(job)
     if job.engine == "ray":  # before anything is written
-        from service.engines_ray import import_ray
+        from service.batch.engine_ray import import_ray
 
         import_ray()
     items = expand(job.inputs, out=job.out)
@@ -185,9 +133,9 @@ def _engine(
     job: Job, todo: list[Item], detector: Detector, crop: float | int
 ) -> Iterator[list[dict]]:
     if job.engine == "ray":
-        from service.engines_ray import ray_rows
+        from service.batch.engine_ray import ray_rows
 
         return ray_rows(job, todo, detector.sha256, crop, detector.meta.sample_bits)
-    from service.engines_local import local_rows
+    from service.batch.engine_local import local_rows
 
     return local_rows(job, todo, detector, crop)

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from models.atomic import TMP_PREFIX, replacing
 from models.errors import NanoinspectError
-from service.batch_inputs import Item
+from service.batch.inputs import Item
 
 SCHEMA = pa.schema(
     [

@@ -12,18 +12,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from models.errors import NanoinspectError
-from service.batch_inputs import Item
-from service.batch_rows import error_row, finish, load, score_batch
-from service.batch_store import SCHEMA
-
-if TYPE_CHECKING:
-    from service.batch import Job
+from service.batch.inputs import Item
+from service.batch.job import Job
+from service.batch.rows import error_row, finish, load, score_group
+from service.batch.store import SCHEMA
 
 INSTALL = "--engine ray needs Ray: pip install 'nanoinspect[ray]'"
 DECODED = pa.schema(
@@ -88,7 +85,7 @@ class Scorer:
         images = [
             np.frombuffer(d["pixels"], np.float32).reshape(d["height"], d["width"]) for d in good
         ]
-        results, ms = score_batch(self.detector, images, self.alpha) if good else ([], 0.0)
+        results, ms = score_group(self.detector, images, self.alpha) if good else ([], 0.0)
         for d, img, r in zip(good, images, results, strict=True):
             item = Item(d["path"], d["relative"])
             if isinstance(r, str):
