@@ -132,3 +132,24 @@ def test_tiff_is_drawn_by_the_server(page, tmp_path):
     assert (stats["width"], stats["height"]) == (128, 96)
     assert "16-bit" in page.text_content("#r-size")
     assert page.errors == []
+
+
+def test_failed_upload_clears_the_previous_result(page, tmp_path):
+    """After a scored image, an upload the server refuses shows its error and nothing of the
+    earlier image or verdict (which would read as this file's answer)."""
+    from playwright.sync_api import expect
+
+    good = tmp_path / "bead.png"
+    good.write_bytes(encode(Image.fromarray((defect_image(7, 128, 96) * 255).astype(np.uint8))))
+    page.set_input_files("#file", str(good))
+    wait_scored(page, "bead.png")
+    expect(page.locator("#result")).to_be_visible()
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not an image" * 10)
+    page.set_input_files("#file", str(broken))
+    expect(page.locator("body")).to_have_attribute("data-state", "error", timeout=30_000)
+    expect(page.locator("#status")).to_have_class(re.compile(r"\berror\b"))
+    expect(page.locator("#status")).to_contain_text("broken.png")
+    expect(page.locator("#result")).to_be_hidden()
+    expect(page.locator("#view")).to_have_attribute("width", "0")  # the picture is gone

@@ -140,6 +140,14 @@ function showResult(r) {
   $("regions").tBodies[0].replaceChildren(...rows);
 }
 
+// A failed request leaves no earlier picture or verdict behind to be read as its answer.
+function clearResult() {
+  Object.assign(state, { result: null, heat: null, mask: null, base: null });
+  $("result").hidden = true;
+  $("view").width = 0;
+  $("view").height = 0;
+}
+
 async function score(newFile = false) {
   if (!state.file) return;
   const seq = ++state.seq;
@@ -164,6 +172,7 @@ async function score(newFile = false) {
     document.body.dataset.state = "scored";
   } catch (e) {
     if (seq !== state.seq) return;
+    clearResult();
     status(e.message, "error");
     document.body.dataset.state = "error";
   }
@@ -179,7 +188,7 @@ function rescoreSoon() {
 function choose(file) {
   if (!file) return;
   state.file = file;
-  state.base = null;
+  clearResult();
   score(true);
 }
 
