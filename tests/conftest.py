@@ -1,13 +1,35 @@
 """Shared fixtures: a small synthetic data set, a briefly trained run and its exported,
-calibrated artifact: real files made by the project's own code, once per session."""
+calibrated artifact: real files made by the project's own code, once per session. And how a
+test says a tool it needs is missing (Ray, Chromium, a tmpfs mount): skipped on a
+workstation, a failure under CI=true, so a green CI run has tested everything."""
 
 from __future__ import annotations
 
+import importlib
+import os
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def missing_tool(reason: str) -> NoReturn:
+    """Skip (the whole module when called at import) or, under CI=true, fail."""
+    if IN_CI:
+        pytest.fail(f"CI=true and a tool this test needs is missing: {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def import_tool(name: str, install: str) -> ModuleType:
+    """pytest.importorskip, but failing under CI=true."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing_tool(f"{name} is not installed ({install})")
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from tests.conftest import missing_tool
 from tests.test_service import assert_error, running, settings_for
 from tests.test_service_support import ROOT, defect_png, metric, serve
 
@@ -141,7 +142,7 @@ def test_disk_full_during_the_batch_job(tiny_model, tmp_path, how):
     for i in range(40):
         (inputs / f"{i:03d}.png").write_bytes(defect_png(i))
     if how == "tmpfs" and not _can_mount_tmpfs(out):
-        pytest.skip("mounting a tmpfs needs root and CAP_SYS_ADMIN")
+        missing_tool("mounting a tmpfs needs root and CAP_SYS_ADMIN")
     try:
         kinds = ["--save-masks", "--save-overlays"] if how == "tmpfs" else ["--save-masks"]
         first = _score(tiny_model, inputs, out, kinds, limit=10_000 if how == "rlimit" else None)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import import_tool, missing_tool
 from tests.test_service_support import ROOT, defect_image, encode, serve
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -44,22 +45,22 @@ def chromium() -> str:
     if found:
         return found
     if not shutil.which("apt-get") or os.geteuid() != 0:
-        pytest.skip("chromium is not installed and apt-get as root is not available here")
+        missing_tool("chromium is not installed and apt-get as root is not available here")
     env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
     for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
         if out.returncode != 0:
-            pytest.skip(f"cannot install chromium: {' '.join(cmd)} failed: {out.stderr[-500:]}")
+            missing_tool(f"cannot install chromium: {' '.join(cmd)} failed: {out.stderr[-500:]}")
     found = _find()
     if not found:
-        pytest.skip("apt-get installed chromium but no chromium executable was found")
+        missing_tool("apt-get installed chromium but no chromium executable was found")
     return found
 
 
 @pytest.fixture(scope="module")
 def browser(chromium, tiny_model, tmp_path_factory):
     """One server and one browser for the module; each test gets a fresh page."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    sync_api = import_tool("playwright.sync_api", "pip install playwright")
     log = tmp_path_factory.mktemp("web") / "server.log"
     model = os.environ.get("WEB_TEST_MODEL") or str(tiny_model)
     with serve([model], log) as server, sync_api.sync_playwright() as p:
