@@ -3,13 +3,16 @@ rows and files. Skipped when Ray is not installed (a failure under CI=true)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from service.batch.driver import run
 from service.batch.job import Job
-from tests.conftest import import_tool
+from tests.conftest import ROOT, import_tool
 from tests.test_batch_support import make_bad, make_inputs, same_results, table
 
 import_tool("ray", "pip install 'nanoinspect[ray]'")
@@ -53,3 +56,17 @@ def test_ray_engine_equals_local_engine(tiny_model, tmp_path):
             else:  # masks: equal but for pixels whose score sits on the threshold
                 x, y = (np.asarray(Image.open(p)) for p in (mine, theirs))
                 assert x.shape == y.shape and (x != y).mean() < 1e-3, f
+
+
+@pytest.mark.slow
+def test_ray_run_prints_no_notices(tiny_model, synth_data, tmp_path):
+    """A successful run: our summary line, not Ray's notices that token auth is on or that
+    progress bars are off (the pipeline turns them off on purpose)."""
+    cmd = [sys.executable, "-m", "service.cli", "score", str(tiny_model),
+           str(synth_data / "test" / "good"), "--engine", "ray", "--no-progress",
+           "--out", str(tmp_path / "out")]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "4 ok" in out.stdout
+    for notice in ("Token authentication", "Progress bars disabled"):
+        assert notice not in out.stderr, out.stderr

@@ -123,6 +123,8 @@ def ray_rows(
     if started and job.ray_address:
         ray.init(address=job.ray_address, logging_level="warning")
     elif started:  # a light local instance: no dashboard, a small object store
+        # token auth stays on (Ray's default); only its notice that it is on is silenced
+        logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
         ray.init(
             num_cpus=2,
             include_dashboard=False,
@@ -133,6 +135,7 @@ def ray_rows(
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts rows
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "disabled"
         items = [{"path": i.path, "relative": i.relative} for i in todo]
         ds = ray.data.from_items(items).map_batches(
             decode_batch,
