@@ -36,7 +36,7 @@ default-model: $(VENV)/.installed
 	$(BIN)/nanoinspect synth $(DM)/train --n-train 60 --n-test-good 0 --n-test-per-defect 0 --size $(SIZE) --seed 0 --no-sheet
 	$(BIN)/nanoinspect synth $(DM)/test --n-train 1 --n-test-good 16 --n-test-per-defect 6 --size $(SIZE) --seed 2 --defects bead,film,clump,particle,beaded
 	$(BIN)/nanoinspect train $(DM)/train --out $(DM)/run --config models/default.toml
-	$(BIN)/nanoinspect export $(DM)/run --out models/default.onnx --name nanoinspect-default
+	$(BIN)/nanoinspect export $(DM)/run --out models/default.onnx --name nanoinspect-default --force
 	$(BIN)/nanoinspect evaluate models/default.onnx $(DM)/test --out $(DM)/report
 	for a in 0 0.5 1; do $(BIN)/nanoinspect evaluate models/default.onnx $(DM)/test --out $(DM)/ablation-$$a --alpha $$a; done
 	$(BIN)/python -m training.card $(DM) models/default.onnx > models/default.metrics.json

@@ -11,7 +11,7 @@ from models.errors import ArtifactError
 from models.images import crop_setting
 
 FORMAT = "nanoinspect-bigan"
-FORMAT_VERSION = 2  # 2: the feature-likelihood and local-statistics terms, term weights
+FORMAT_VERSION = 3  # 2: feature-likelihood and local-statistics terms; 3: statistics of width
 INPUTS = ("image", "alpha", "sigma")
 OUTPUTS = ("score_map", "score", "reconstruction", "d_map", "f_map", "t_map")
 

@@ -15,7 +15,18 @@ from scipy import ndimage as ndi
 SHADING_SIGMA = 32.0  # px: brightness changes slower than this are illumination, not fibres
 MAX_SIDE = 384  # larger images are measured on a centre crop of this side (15 ms)
 TOLERANCE = 1.25  # scales within this factor of the training scale are left alone
+# below this correlation of neighbouring pixels an image is pixel noise, not a mat: it has no
+# fibre scale (real micrographs, noisy ones included, measure 0.64-0.97; white noise 0)
+MIN_NEIGHBOUR_CORRELATION = 0.3
 LIMITS = (0.25, 4.0)  # resampling factors beyond these are clipped
+# the scales a model works at: a finer training set is zoomed in (a bead of a 2 px fibre
+# spans too few cells of the grids), a coarser one zoomed out (nothing is lost but time)
+WORKING = (3.0, 6.0)
+
+
+def working_scale(scales: list[float]) -> float:
+    """The one scale a model is trained and scores at: its images' median, within WORKING."""
+    return float(np.clip(np.median(scales), *WORKING))
 
 
 def fibre_scale(image: np.ndarray) -> float:
@@ -32,6 +43,8 @@ def fibre_scale(image: np.ndarray) -> float:
     yy, xx = np.indices(ac.shape)
     radius = np.hypot(yy, xx).astype(int).ravel()
     profile = np.bincount(radius, ac.ravel()) / np.maximum(np.bincount(radius), 1)
+    if profile[1] < MIN_NEIGHBOUR_CORRELATION * profile[0]:
+        return 0.0  # no texture wider than a pixel: nothing to zoom by
     # pixel noise adds a spike at lag 0 only: extrapolate lag 0 from lags 1 and 2 instead
     profile /= max(2 * profile[1] - profile[2], profile[1])
     below = np.flatnonzero(profile[1:] < 0.5) + 1

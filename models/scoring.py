@@ -5,14 +5,17 @@ torch path, REST and batch all compute the same numbers.
     d(c) = (D~(s, E(s))(c) - 1)^2 / d_scale       D~: D's map upsampled to H x W
     f(c) = Mahalanobis^2 of [E(s), D's image features](c) under a Gaussian of normal
            features, / f_scale                     (the likelihood of the latent code)
-    t(c) = Mahalanobis^2 of local mean and contrast at three window sizes, / t_scale
+    t(c) = Mahalanobis^2 of the local statistics of the image and of its openings and closing
+           at the fibre width, at three window sizes, / t_scale
     a(c) = Gaussian_sigma * [w_0 (alpha d + (1 - alpha) r) + w_f f + w_t t]
     A(s) = alpha mean(d) + (1 - alpha) RMS(r)
 
 Each term averages 1 on held-out normal images; the weights w are chosen by calibration
 (the self-check), alpha and sigma are graph inputs. f and t are what make the map rank
 defects above normal texture on mats the networks only partly learned: beads, clumps and
-particles move the learned features, films and charging move the local statistics.
+particles move the learned features, films and charging move the local statistics. An
+opening wider than a fibre erases every fibre and keeps what is wider (beads, films, clumps,
+particles); a closing fills what is narrower: so the statistics see width, not just brightness.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ from models.networks import BiGAN
 MARGIN = 16  # reflected context around the image: the convs' zero padding falls outside it
 BLUR_RADIUS = 32  # fixed kernel half-width of the in-graph Gaussian: sigma is usable up to 8
 SIGMA_MAX = BLUR_RADIUS / 4
-STAT_WINDOWS = (8, 24, 40)  # local mean and contrast over these squares, on the stride grid
+STAT_WINDOWS = (4, 12, 28)  # local statistics over these squares, on a grid of STAT_STRIDE
+STAT_STRIDE = 4  # half the latent stride: a bead of a fine mat spans a cell or two
+STAT_CHANNELS = 5 * len(STAT_WINDOWS)  # mean of the image, two openings, a closing; contrast
+DEFAULT_FIBRE_SCALE = 4.0  # px: for a model that recorded none (the synthetic classic mat)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -46,15 +52,34 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return x / (weight_h * weight_w)
 
 
-def local_stats(x: torch.Tensor, stride: int) -> torch.Tensor:
-    """(N, 1, H, W) -> (N, 6, H/stride, W/stride): mean and standard deviation of the
-    image over squares of STAT_WINDOWS px centred on each cell of the latent grid."""
+def opening_side(fibre_scale: float) -> int:
+    """The odd side (px) of the square that erases a fibre: twice the fibre scale."""
+    scale = fibre_scale if fibre_scale > 0 else DEFAULT_FIBRE_SCALE
+    return max(3, round(2 * scale) | 1)
+
+
+def _max(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Maximum over a k x k square (odd k), separable; the border uses what exists."""
+    x = F.max_pool2d(x, (k, 1), 1, (k // 2, 0))
+    return F.max_pool2d(x, (1, k), 1, (0, k // 2))
+
+
+def opening(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Grey opening by a k x k square: erases bright structures narrower than k."""
+    return _max(-_max(-x, k), k)
+
+
+def local_stats(x: torch.Tensor, side: int) -> torch.Tensor:
+    """(N, 1, H, W) -> (N, STAT_CHANNELS, H/4, W/4): over squares of STAT_WINDOWS px centred
+    on each cell of a STAT_STRIDE grid, the means of the image, of its openings by side and
+    2 side + 1, of its closing by side, and the image's standard deviation."""
+    maps = torch.cat([x, opening(x, side), opening(x, 2 * side + 1), -opening(-x, side)], dim=1)
     out = []
     for k in STAT_WINDOWS:
-        pad = (k - stride) // 2
-        mean = F.avg_pool2d(x, k, stride, pad, count_include_pad=False)
-        square = F.avg_pool2d(x * x, k, stride, pad, count_include_pad=False)
-        out += [mean, (square - mean * mean).clamp(min=0).sqrt()]
+        pad = (k - STAT_STRIDE) // 2
+        mean = F.avg_pool2d(maps, k, STAT_STRIDE, pad, count_include_pad=False)
+        square = F.avg_pool2d(x * x, k, STAT_STRIDE, pad, count_include_pad=False)
+        out += [mean, (square - mean[:, :1] ** 2).clamp(min=0).sqrt()]
     return torch.cat(out, dim=1)
 
 
@@ -90,13 +115,16 @@ class Whitened(nn.Module):
 class AnomalyScorer(nn.Module):
     """image (N, 1, H, W) in [0, 1], alpha (), sigma () -> models.artifact.OUTPUTS."""
 
-    def __init__(self, bigan: BiGAN, r_scale: float = 1.0, d_scale: float = 1.0):
+    def __init__(
+        self, bigan: BiGAN, r_scale: float = 1.0, d_scale: float = 1.0, fibre_scale: float = 0.0
+    ):
         super().__init__()
         self.bigan = bigan
         self.stride = bigan.cfg.stride
+        self.side = opening_side(fibre_scale)
         width = bigan.discriminator.image[-2].out_channels
         self.features = Whitened(bigan.cfg.latent_channels + width)
-        self.stats = Whitened(2 * len(STAT_WINDOWS))
+        self.stats = Whitened(STAT_CHANNELS)
         self.register_buffer("r_scale", torch.tensor(float(r_scale)))
         self.register_buffer("d_scale", torch.tensor(float(d_scale)))
         self.register_buffer("f_scale", torch.tensor(1.0))
@@ -109,20 +137,18 @@ class AnomalyScorer(nn.Module):
         return F.pad(image, (m, m + (-(w + 2 * m)) % s, m, m + (-(h + 2 * m)) % s), mode="reflect")
 
     def descriptors(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """On the latent grid of the padded image: z = E(s), D's map, the learned features
-        [z, D's image features] and the local statistics."""
+        """Of the padded image: z = E(s), D's map, the learned features [z, D's image
+        features] on the latent grid, and the local statistics on the STAT_STRIDE grid."""
         x = self._pad(image)
         z = self.bigan.encoder(x)  # (N, C_z, H'/s, W'/s), H' = H + 2m rounded up to s
         disc = self.bigan.discriminator
         seen = disc.image(x)
         dmap = disc.joint(torch.cat([seen, disc.latent(z)], dim=1))  # (N, 1, H'/s, W'/s)
-        return x, z, dmap, torch.cat([z, seen], dim=1), local_stats(x, self.stride)
+        return x, z, dmap, torch.cat([z, seen], dim=1), local_stats(x, self.side)
 
-    def _full(self, grid: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    def _full(self, grid: torch.Tensor, h: int, w: int, stride: int) -> torch.Tensor:
         m = MARGIN
-        return F.interpolate(grid, scale_factor=self.stride, mode="bilinear")[
-            ..., m : m + h, m : m + w
-        ]
+        return F.interpolate(grid, scale_factor=stride, mode="bilinear")[..., m : m + h, m : m + w]
 
     def terms(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Calibrated d, r, f and t maps (N, 1, H, W) and the reconstruction (N, 1, H, W)."""
@@ -130,10 +156,10 @@ class AnomalyScorer(nn.Module):
         m = MARGIN
         _, z, dmap, feats, stats = self.descriptors(image)
         recon = self.bigan.generator(z)[..., m : m + h, m : m + w]
-        d = self._full((dmap - 1) ** 2, h, w) / self.d_scale
+        d = self._full((dmap - 1) ** 2, h, w, self.stride) / self.d_scale
         r = (recon - image).abs() / self.r_scale
-        f = self._full(self.features(feats), h, w) / self.f_scale
-        t = self._full(self.stats(stats), h, w) / self.t_scale
+        f = self._full(self.features(feats), h, w, self.stride) / self.f_scale
+        t = self._full(self.stats(stats), h, w, STAT_STRIDE) / self.t_scale
         return d, r, f, t, recon
 
     def forward(self, image: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor):
@@ -149,18 +175,23 @@ class AnomalyScorer(nn.Module):
 @torch.no_grad()
 def fit_normal(scorer: AnomalyScorer, images: list[torch.Tensor], max_cells: int = 200_000) -> None:
     """Fit the two Gaussians of f and t on normal images (each (1, 1, H, W)), using the
-    latent-grid cells that lie inside each image (not its reflected margin)."""
+    grid cells that lie inside each image (not its reflected margin)."""
     feats, stats = [], []
-    lo = MARGIN // scorer.stride
     for image in images:
         h, w = image.shape[-2:]
         _, _, _, f, t = scorer.descriptors(image)
-        keep = (..., slice(lo, lo + -(-h // scorer.stride)), slice(lo, lo + -(-w // scorer.stride)))
-        feats.append(f[keep].flatten(2).transpose(1, 2).reshape(-1, f.shape[1]))
-        stats.append(t[keep].flatten(2).transpose(1, 2).reshape(-1, t.shape[1]))
-    f_all, t_all = torch.cat(feats), torch.cat(stats)
-    if f_all.shape[0] > max_cells:
-        pick = torch.randperm(f_all.shape[0], generator=torch.Generator().manual_seed(0))
-        f_all, t_all = f_all[pick[:max_cells]], t_all[pick[:max_cells]]
-    scorer.features.fit(f_all)
-    scorer.stats.fit(t_all)
+        feats.append(_inside(f, h, w, scorer.stride))
+        stats.append(_inside(t, h, w, STAT_STRIDE))
+    for term, cells in ((scorer.features, torch.cat(feats)), (scorer.stats, torch.cat(stats))):
+        if cells.shape[0] > max_cells:
+            pick = torch.randperm(cells.shape[0], generator=torch.Generator().manual_seed(0))
+            cells = cells[pick[:max_cells]]
+        term.fit(cells)
+
+
+def _inside(grid: torch.Tensor, h: int, w: int, stride: int) -> torch.Tensor:
+    """The (cells, C) vectors of a (1, C, H', W') grid of this stride over the image, margin
+    left out."""
+    lo = MARGIN // stride
+    cells = grid[..., lo : lo + -(-h // stride), lo : lo + -(-w // stride)]
+    return cells.flatten(2).transpose(1, 2).reshape(-1, grid.shape[1])

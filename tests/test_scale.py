@@ -6,7 +6,7 @@ import onnx
 from scipy import ndimage as ndi
 
 from models.detector import Detector
-from models.scale import TOLERANCE, fibre_scale, resample_factor, to_scale
+from models.scale import TOLERANCE, WORKING, fibre_scale, resample_factor, to_scale, working_scale
 from training.calibrate import write_artifact
 from training.synth import draw_normal
 
@@ -23,6 +23,8 @@ def test_scale_grows_with_fibre_width_and_magnification():
     # another mat of the same look measures about the same
     assert abs(fibre_scale(_mat(seed=1)) / fibre_scale(img) - 1) < 0.15
     assert fibre_scale(np.full((64, 64), 0.5, np.float32)) == 0.0
+    # white noise is no mat: no scale, so the Detector never zooms it (4x would be 16x pixels)
+    assert fibre_scale(np.random.default_rng(0).random((352, 512), dtype=np.float32)) == 0.0
 
 
 def test_to_scale_undoes_a_change_of_magnification():
@@ -61,3 +63,10 @@ def test_detector_scores_other_magnifications_at_the_training_scale(tiny_model, 
     (same,) = det.score([img])
     assert same.zoom == 1.0
     np.testing.assert_allclose(same.score_map, plain.score([img])[0].score_map, atol=1e-5)
+
+
+def test_working_scale_is_the_median_within_its_bounds():
+    """A mat of 2 px fibres is zoomed in and one of 15 px zoomed out; between, the median."""
+    assert working_scale([1.8, 2.0, 2.2]) == WORKING[0]
+    assert working_scale([14.0, 15.0, 30.0]) == WORKING[1]
+    assert working_scale([3.5, 4.0, 9.0]) == 4.0

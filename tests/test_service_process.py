@@ -158,8 +158,10 @@ def test_corrupt_model_fails_startup_when_configured(tmp_path):
     cmd = [sys.executable, "-m", "service.cli", "serve", str(bad), "--fail-on-bad-model",
            "--port", "0", "--providers", "cpu"]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode != 0
-    assert "not a loadable ONNX model" in out.stderr and "model not loaded" in out.stderr
+    # checked before the server starts: one line, exit 3, no lifespan traceback
+    assert out.returncode == 3, out.stderr
+    assert out.stderr.startswith("error: ") and "not a loadable ONNX model" in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
 def test_two_workers_share_a_port(tiny_model, tmp_path):

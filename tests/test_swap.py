@@ -33,7 +33,7 @@ def model_b(tiny_model, tmp_path_factory) -> Path:
     model = onnx.load(tiny_model)
     props = {p.key: p for p in model.metadata_props}
     props["name"].value = "tiny-b"
-    props["alpha"].value = str((float(props["alpha"].value) + 1) / 2)
+    props["alpha"].value = "0.0" if float(props["alpha"].value) > 0.5 else "1.0"
     props["image_threshold"].value = str(float(props["image_threshold"].value) * 0.9)
     out = tmp_path_factory.mktemp("model_b") / "tiny-b.onnx"
     onnx.save(model, out)

@@ -144,7 +144,8 @@ def scorer_from_artifact(path: Path) -> tuple[AnomalyScorer, ArtifactMeta]:
     twin of the ONNX graph: for re-export and for benchmarks)."""
     model = onnx.load(path)
     meta = ArtifactMeta.from_props({p.key: p.value for p in model.metadata_props}, str(path))
-    scorer = AnomalyScorer(BiGAN(ModelConfig.from_dict(meta.model_config))).eval()
+    cfg = ModelConfig.from_dict(meta.model_config)
+    scorer = AnomalyScorer(BiGAN(cfg), fibre_scale=meta.fibre_scale).eval()
     weights = {
         i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer
     }
@@ -193,9 +194,9 @@ def export(
     cfg = ModelConfig.from_dict(ckpt["model_config"])
     bigan = BiGAN(cfg)
     bigan.load_state_dict(ckpt["model"])
-    scorer = AnomalyScorer(bigan).eval()
-    scorer.load_state_dict(ckpt["normal_fit"], strict=False)
     info = ckpt["meta"]
+    scorer = AnomalyScorer(bigan, fibre_scale=info.get("fibre_scale", 0.0)).eval()
+    scorer.load_state_dict(ckpt["normal_fit"], strict=False)
     crop = info["train"]["crop_bottom"]
     bits = info.get("sample_bits", 16)
     if data is None:

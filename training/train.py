@@ -30,7 +30,7 @@ from models.atomic import replacing
 from models.config import ModelConfig
 from models.errors import NanoinspectError
 from models.networks import BiGAN
-from models.scale import fibre_scale, to_scale
+from models.scale import fibre_scale, to_scale, working_scale
 from models.scoring import AnomalyScorer, fit_normal
 from training import selfcheck
 from training.config import TrainConfig, config_dict
@@ -217,8 +217,8 @@ def train(
     # every file read once, so all unreadable ones are named at once
     images, sample_bits = load_training_images([*fit, *holdout], cfg.crop_bottom)
     images, held = images[: len(fit)], images[len(fit) :][:CHECK_IMAGES]
-    # one magnification for all: each image zoomed to the median fibre scale (models/scale.py)
-    scale = float(np.median([fibre_scale(im) for im in images]))
+    # one magnification for all: each image zoomed to the working scale (models/scale.py)
+    scale = working_scale([fibre_scale(im) for im in images])
     images = [to_scale(im, scale)[0] for im in images]
     held = [_crop(to_scale(im, scale)[0], CHECK_SIDE) for im in held]
     check = selfcheck.selfcheck_set(held, seed)
@@ -262,7 +262,7 @@ def train(
 
         writer = SummaryWriter(str(out / "tensorboard"))
     preview = torch.from_numpy(images[0][None, None]).to(dev)
-    scorer = AnomalyScorer(bigan).to(dev)
+    scorer = AnomalyScorer(bigan, fibre_scale=scale).to(dev)
     best_quality = state.get("best_quality", -1.0) if state else -1.0
 
     def checkpoint(step: int) -> Path:
