@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
@@ -72,3 +75,21 @@ def tiny_model(tiny_run, synth_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "tiny.onnx"
     export(tiny_run, out, data=synth_data)
     return out
+
+
+@contextmanager
+def ready_client(model: Path) -> Iterator:
+    """An in-process app serving `model` (CPU, one thread), yielded once /readyz says the
+    model is loaded and warm, so a test's first request is not the one that waits."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    settings = Settings(model=model, providers=["cpu"], threads=1, log_format="text")
+    with TestClient(create_app(settings)) as client:
+        for _ in range(200):
+            if client.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.05)
+        yield client

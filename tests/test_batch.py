@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from service.batch.driver import run
 from service.batch.inputs import check_output_names, expand
 from service.batch.job import Job
 from service.cli import app
+from tests.conftest import ready_client
 from tests.test_batch_support import make_bad, make_inputs, same_results, table
 
 
@@ -93,17 +93,8 @@ def test_rows_equal_detector_scores(scored, inputs, detector):
 
 def test_rows_equal_rest_service(scored, tiny_model):
     """The same files posted to /v1/score give the same numbers and the same mask."""
-    from fastapi.testclient import TestClient
 
-    from service.app import create_app
-    from service.settings import Settings
-
-    settings = Settings(model=tiny_model, providers=["cpu"], threads=1, log_format="text")
-    with TestClient(create_app(settings)) as client:
-        for _ in range(200):
-            if client.get("/readyz").status_code == 200:
-                break
-            time.sleep(0.05)
+    with ready_client(tiny_model) as client:
         for row in table(scored).to_pylist():
             data = Path(row["path"]).read_bytes()
             body = client.post("/v1/score", files={"file": ("x.png", data)}).json()

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from models.detector import Detector
 from models.images import load_image
 from service.cli import app
+from tests.conftest import ready_client
 
 TINY = """[model]
 channels = 8
@@ -161,11 +162,8 @@ def _with_sample_bits(model: Path, out: Path, bits: int | None) -> Path:
 def test_scoring_reads_untagged_data_as_the_model_was_trained(tiny_model, synth_data, tmp_path):
     """A model trained on 12-bit data scores an untagged 12-bit TIFF like the same image in
     8 bits: in the batch job and over REST. An artifact without the field still loads."""
-    from fastapi.testclient import TestClient
 
     from models.artifact import ArtifactMeta
-    from service.app import create_app
-    from service.settings import Settings
 
     old = _with_sample_bits(tiny_model, tmp_path / "old.onnx", None)
     assert Detector(old, providers=("cpu",)).meta.sample_bits == 16
@@ -181,12 +179,7 @@ def test_scoring_reads_untagged_data_as_the_model_was_trained(tiny_model, synth_
     rows = pq.read_table(tmp_path / "scores" / "results.parquet").to_pylist()
     assert rows[0]["decision_score"] == pytest.approx(rows[1]["decision_score"], rel=1e-2)
 
-    settings = Settings(model=model, providers=["cpu"], threads=1, log_format="text")
-    with TestClient(create_app(settings)) as client:
-        for _ in range(200):
-            if client.get("/readyz").status_code == 200:
-                break
-            time.sleep(0.05)
+    with ready_client(model) as client:
         answers = [
             client.post(
                 "/v1/score?mask_format=none", files={"file": (p.name, p.read_bytes())}
@@ -463,19 +456,9 @@ def test_serve_with_workers_leaves_no_metrics_folder(tiny_model, tmp_path):
 def test_a_tiny_image_is_scored_with_a_note(tiny_model):
     import io
 
-    from fastapi.testclient import TestClient
-
-    from service.app import create_app
-    from service.settings import Settings
-
     buf = io.BytesIO()
     Image.fromarray(np.full((12, 40), 120, np.uint8)).save(buf, "PNG")
-    settings = Settings(model=tiny_model, providers=["cpu"], threads=1, log_format="text")
-    with TestClient(create_app(settings)) as client:
-        for _ in range(200):
-            if client.get("/readyz").status_code == 200:
-                break
-            time.sleep(0.05)
+    with ready_client(tiny_model) as client:
         body = client.post("/v1/score", files={"file": ("small.png", buf.getvalue())}).json()
     assert body["width"] == 40 and body["height"] == 12
     assert body["notes"] == [
