@@ -18,6 +18,7 @@ from typing import TypeVar
 import numpy as np
 
 from models.artifact import INPUTS, OUTPUTS, ArtifactMeta
+from models.decision import image_decision
 from models.errors import ArtifactError, ImageError, NanoinspectError
 from models.providers import unusable
 from models.regions import Region, segment
@@ -39,7 +40,7 @@ R = TypeVar("R")
 @dataclass(frozen=True)
 class Result:
     score: float  # the formula's image value: alpha mean(d) + (1 - alpha) RMS(r)
-    decision: float  # the image decision score: the maximum of the score map, against tau
+    decision: float  # the image decision score: models.decision.image_decision, against tau
     is_anomalous: bool
     score_map: np.ndarray  # float32 (H, W)
     mask: np.ndarray  # bool (H, W): Omega
@@ -309,8 +310,7 @@ class Detector:
             if zoom != 1.0:
                 smap = resample(smap, original.shape)
             mask, regions = segment(smap, gamma, area)
-            # a defect covers 0.1-5 % of an image: the map's peak ranks images, its mean cannot
-            decision = float(smap.max())
+            decision = image_decision(smap, 1 / zoom)
             results.append(
                 Result(
                     score,

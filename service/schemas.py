@@ -110,7 +110,7 @@ class ModelIdentity(BaseModel):
 class ScoreOut(BaseModel):
     filename: str | None
     score: float = Field(description="the formula: alpha mean (D - 1)^2 + (1 - alpha) RMS residual")
-    decision_score: float = Field(description="the image decision: the score map's maximum")
+    decision_score: float = Field(description="the image decision: the map's maximum off the edge")
     is_anomalous: bool = Field(description="decision_score > image_threshold")
     image_threshold: float
     pixel_threshold: float

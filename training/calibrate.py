@@ -2,11 +2,12 @@
 
 1. Term scales: the means of raw d, r, f and t on held-out normal images, written into the
    graph's `*_scale` initializers, so every term averages 1 on normal data.
-2. alpha, sigma and the term weights: chosen by pixel AUROC + AUPRO on labelled defects when
-   given, else on the self-check (the held-out normals with pasted synthetic defects,
-   training/selfcheck.py). Never a silent default.
+2. alpha, sigma and the term weights: chosen by pixel AUROC + AUPRO + image AUROC on
+   labelled defects when given, else on the self-check (the held-out normals with pasted
+   synthetic defects, training/selfcheck.py). Never a silent default.
 3. gamma and tau: at target false-positive rates on the clean normal images, or at best F1
-   when labelled defects are given. The image decision is the maximum of the score map.
+   when labelled defects are given. The image decision is the score map's peak away from the
+   edge (models.decision).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from onnx import numpy_helper
 
 from models.artifact import ArtifactMeta
 from models.atomic import replacing
+from models.decision import EDGE, image_decision
 from models.detector import Detector
 from models.errors import ArtifactError, DataError, NanoinspectError
 from models.scale import resample, to_scale
@@ -164,7 +166,7 @@ def calibrate(
             "pass_pixel_auroc": selfcheck.PASS_PIXEL_AUROC,
         },
         "candidates": len(tried),
-        "decision": "max of the score map",
+        "decision": f"max of the score map, {EDGE} px edge band left out",
     }
     if labelled:
         maps = [_mix(best, t) for t in terms]
@@ -173,12 +175,14 @@ def calibrate(
         gamma, pixel_f1 = metrics.best_f1_threshold(
             np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps])
         )
-        tau, image_f1 = metrics.best_f1_threshold(labels, np.array([m.max() for m in maps]))
+        tau, image_f1 = metrics.best_f1_threshold(
+            labels, np.array([image_decision(m) for m in maps])
+        )
         calibration |= {"method": "best_f1", "pixel_f1": pixel_f1, "image_f1": image_f1}
     else:
         maps = [_mix(best, t) for t in clean]
         gamma = float(np.quantile(np.concatenate([m.ravel() for m in maps]), 1 - pixel_fpr))
-        tau = float(np.quantile([m.max() for m in maps], 1 - image_fpr, method="higher"))
+        tau = float(np.quantile([image_decision(m) for m in maps], 1 - image_fpr, method="higher"))
         calibration |= {"method": "target_fpr", "pixel_fpr": pixel_fpr, "image_fpr": image_fpr}
     calibration["at"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta = meta.with_(

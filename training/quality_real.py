@@ -217,9 +217,9 @@ def real_markdown(r: dict) -> str:
     trained = duration(r["train_seconds"]) + ("" if steps is None else f", {steps} steps")
     row += [trained, r["budget"], f"`{r['code']}`"]
     note = (
-        "Image AUROC of the model's image decision (the score map's maximum); trained on "
-        "NonDefective images only, exported with no labelled data (calibrated on the run's "
-        "held-out normals)."
+        "Image AUROC of the model's image decision (the score map's maximum away from the "
+        "edge); trained on NonDefective images only, exported with no labelled data "
+        "(calibrated on the run's held-out normals)."
     )
     formula = r.get("formula") or {}
     if any(v is not None for v in formula.values()):

@@ -21,7 +21,7 @@ def _curves(out: Path, rows) -> list[str]:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for ax, scores, title in (
         (axes[0], [r.score for _, _, r, _ in rows], "image ROC (image score)"),
-        (axes[1], [float(r.score_map.max()) for _, _, r, _ in rows], "image ROC (map maximum)"),
+        (axes[1], [r.decision for _, _, r, _ in rows], "image ROC (image decision)"),
     ):
         if labels.any() and not labels.all():
             fpr, tpr = metrics.roc(labels, np.array(scores))

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
+from models.decision import image_decision
 from models.scoring import BLUR_RADIUS
 from training import metrics
 
@@ -144,11 +145,14 @@ class Choice:
     weights: tuple[float, float, float]
     pixel_auroc: float
     aupro: float
-    image_auroc: float  # of the map's maximum, pasted against clean
+    image_auroc: float  # of the image decision, pasted against clean
 
     @property
     def quality(self) -> float:
-        return self.pixel_auroc + self.aupro
+        """The three figures a user is served: the map, its regions and the image decision
+        (with the decision left out, eight synthetic domains lost 0.046 image AUROC on
+        average for 0.005 pixel AUROC)."""
+        return self.pixel_auroc + self.aupro + self.image_auroc
 
     @property
     def passed(self) -> bool:
@@ -163,8 +167,9 @@ def choose(
     alphas: Sequence[float] = ALPHAS,
     weights: Sequence[tuple[float, float, float]] = WEIGHTS,
 ) -> tuple[Choice, list[Choice]]:
-    """The best (alpha, sigma, weights) by pixel AUROC + AUPRO on the self-check set, and
-    every candidate's figures. terms: per image the unblurred maps d, r, f, t (H, W).
+    """The best (alpha, sigma, weights) by pixel AUROC + AUPRO + image AUROC on the
+    self-check set, and every candidate's figures. terms: per image the unblurred maps d,
+    r, f, t (H, W).
     Blurring is linear, so each term is blurred once per sigma and mixed afterwards."""
     labels = [_pool(m.astype(np.float32)) > 0.5 for m in masks]
     image_labels = np.array([m.any() for m in masks])
@@ -185,7 +190,9 @@ def choose(
                     weights=tuple(w),
                     pixel_auroc=metrics.pixel_auroc(labels, maps),
                     aupro=metrics.aupro(labels, maps),
-                    image_auroc=metrics.auroc(image_labels, np.array([m.max() for m in maps])),
+                    image_auroc=metrics.auroc(
+                        image_labels, np.array([image_decision(m, 1 / POOL) for m in maps])
+                    ),
                 )
             )
     return max(tried, key=lambda c: c.quality), tried

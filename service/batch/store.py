@@ -35,7 +35,7 @@ SCHEMA = pa.schema(
         ("width", pa.int32()),  # of the scored image (after any banner crop)
         ("height", pa.int32()),
         ("score", pa.float64()),  # the formula's image value
-        ("decision_score", pa.float64()),  # the map's maximum, against the image threshold
+        ("decision_score", pa.float64()),  # the image decision, against the image threshold
         ("is_anomalous", pa.bool_()),
         ("anomalous_area_fraction", pa.float64()),
         ("n_regions", pa.int32()),

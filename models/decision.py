@@ -1,0 +1,24 @@
+"""The image decision: the score map's peak, away from the image's edge.
+
+A defect covers 0.1-5 % of an image, so the map's peak ranks images where its mean cannot.
+Along the edge the graph sees reflected context (models.scoring.MARGIN): a fibre meets its
+mirror image there and normal maps peak on the edge (4 of 10 normal test images of the
+default model). Leaving out a band of EDGE px raised the image AUROC of eight synthetic
+domains by 0.035 on average and lowered none by more than 0.005 (README: Quality). The band
+is left out of the decision only: the mask and regions still cover it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EDGE = 32  # px of the image at the model's working scale (twice the reflected margin)
+
+
+def image_decision(score_map: np.ndarray, px: float = 1.0) -> float:
+    """The maximum of score_map (H, W) inside a band of EDGE working-scale px, which is
+    EDGE * px map pixels (px: map pixels per working-scale pixel); small maps keep at
+    least half of each side."""
+    h, w = score_map.shape
+    band = min(round(EDGE * px), (h - 1) // 4, (w - 1) // 4)
+    return float(score_map[band : h - band, band : w - band].max())
