@@ -19,7 +19,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from service import errors
+from service import errors, heap
 from service.deps import require_admin_key, require_api_key
 from service.inspector import Inspector
 from service.observability import Metrics, ObservabilityMiddleware, configure_logging
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        heap.fix_thresholds()  # before the model and the first burst: see service.heap
         loading = asyncio.create_task(inspector.load(), name="load-model")
         if settings.fail_on_bad_model:
             await loading  # a bad model aborts startup

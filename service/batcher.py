@@ -4,9 +4,9 @@ in one call (`Detector.per_call`: a count and a pixel budget) or `batch_wait`, a
 `Detector.score` in ONE dedicated thread, so the event loop never runs inference and the
 model never runs twice at once. A batch that fails is retried image by image, so one bad
 image fails only its own request. After `idle_release_s` without work, the models that ran
-give their arena's free memory back (`Detector.trim`) and so does the C heap (glibc's
-malloc_trim: decoded images and results freed by other threads), so a burst's peak is not
-kept.
+give their arena's free memory back (`Detector.trim`) and so does the C heap
+(`service.heap.release`: decoded images and results freed by other threads), so a burst's
+peak is not kept.
 
 Each job carries the model it was submitted for (its defaults resolved its settings), and a
 batch holds jobs of one model only: after a model swap, jobs already queued finish on the old
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import time
 import weakref
@@ -29,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from models.detector import score_isolated
+from service import heap
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,9 @@ class Batcher:
                 await self._infer(batch)
             except Exception:  # never let one bad batch stop the service
                 log.exception("batch of %d failed", len(batch))
+            # its results' maps are onnxruntime's outputs, not copies: kept while the next job
+            # is awaited, they would pin their arena region through the idle release
+            del batch
 
     async def _next(self) -> Pending:
         """The next queued job; if none comes within idle_release_s, the models that ran
@@ -204,8 +207,7 @@ class Batcher:
 def _release(models: list[Model]) -> None:
     for model in models:
         model.trim()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing more to do
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    heap.release()
 
 
 def _drain(queue: asyncio.Queue[Pending]) -> list[Pending]:

@@ -1,19 +1,23 @@
 """Memory bounded by a setting: no inference call takes more pixels than `batch_pixels`
 (one image always runs), the server's batches obey it, and an idle server has its Detector
-give the arena back (`trim`), once. Memory is measured in fresh processes; nothing here is
-timed."""
+give the arena back (`trim`), once, with no result of the batcher's pinning it; glibc, its
+thresholds fixed, gives a thread's freed blocks back. Memory is measured in fresh processes;
+nothing here is timed."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import pytest
 
 from models.detector import Detector
+from service.batcher import Batcher
 from tests.test_service import running, settings_for
 from tests.test_service_support import ROOT, defect_image, defect_png
 
@@ -51,6 +55,64 @@ async def test_server_batches_stay_within_the_pixel_budget(tiny_model, anyio_bac
     sizes = [r.json()["timings"]["batch_size"] for r in rs]
     assert all(r.status_code == 200 for r in rs) and max(sizes) == 2
     assert trims == [1]
+
+
+def test_an_idle_batcher_keeps_no_result(tiny_model):
+    """A result's map is onnxruntime's output buffer, not a copy: one the batcher kept while
+    waiting for work would keep its arena region through the idle release."""
+    detector = Detector(tiny_model, providers=["cpu"], threads=1)
+
+    async def main() -> weakref.ref:
+        batcher = Batcher(batch_wait_s=0, queue_size=4, idle_release_s=60)
+        batcher.start()
+        try:
+            deadline = asyncio.get_running_loop().time() + 60
+            job = batcher.submit(detector, np.zeros((64, 64), np.float32), {}, deadline)
+            result = weakref.ref(await job.future)
+            del job
+            await asyncio.sleep(0.2)  # the batcher is waiting for the next job
+            gc.collect()
+            return result() is None
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(main())
+
+
+HEAP = """
+import json, sys, threading
+import numpy as np
+from service import heap
+from tests.bench.common import rss_mb
+if sys.argv[1] == "fixed":
+    assert heap.fix_thresholds()
+def burst():
+    big = np.ones(4 << 20, np.float32)  # 16 MiB, mapped on its own; once freed, glibc's
+    del big  # adjusting thresholds rise to it
+    blocks = [np.ones(1 << 18, np.float32) for _ in range(24)]  # 24 x 1 MiB
+    del blocks
+before = rss_mb()
+thread = threading.Thread(target=burst)
+thread.start()
+thread.join()
+print(json.dumps({"kept": rss_mb() - before}))
+"""
+
+
+def kept_after_burst(thresholds: str) -> float:
+    out = subprocess.run(
+        [sys.executable, "-c", HEAP, thresholds],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return json.loads(out.strip().splitlines()[-1])["kept"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_fixed_thresholds_give_a_threads_freed_blocks_back():
+    """After a large block is freed, glibc carves the next ones from the thread's own heap and
+    keeps them when freed; with its thresholds fixed (service.heap) they go back at once."""
+    assert kept_after_burst("adjusting") > 16
+    assert kept_after_burst("fixed") < 4
 
 
 PEAK = """
