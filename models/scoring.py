@@ -5,8 +5,8 @@ torch path, REST and batch all compute the same numbers.
     d(c) = (D~(s, E(s))(c) - 1)^2 / d_scale       D~: D's map upsampled to H x W
     f(c) = Mahalanobis^2 of [E(s), D's image features](c) under a Gaussian of normal
            features, / f_scale                     (the likelihood of the latent code)
-    t(c) = Mahalanobis^2 of the local statistics of the image and of its openings and closing
-           at the fibre width, at three window sizes, / t_scale
+    t(c) = Mahalanobis^2 of the local statistics of the image, of its openings at several
+           multiples of the fibre width and of its closing, at three window sizes, / t_scale
     a(c) = Gaussian_sigma * [w_0 (alpha d + (1 - alpha) r) + w_f f + w_t t]
     A(s) = alpha mean(d) + (1 - alpha) RMS(r)
 
@@ -16,6 +16,8 @@ defects above normal texture on mats the networks only partly learned: beads, cl
 particles move the learned features, films and charging move the local statistics. An
 opening wider than a fibre erases every fibre and keeps what is wider (beads, films, clumps,
 particles); a closing fills what is narrower: so the statistics see width, not just brightness.
+Openings at several widths (a granulometry) tell a particle or a film from a fibre crossing,
+which the narrowest opening also keeps.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ BLUR_RADIUS = 32  # fixed kernel half-width of the in-graph Gaussian: sigma is u
 SIGMA_MAX = BLUR_RADIUS / 4
 STAT_WINDOWS = (4, 12, 28)  # local statistics over these squares, on a grid of STAT_STRIDE
 STAT_STRIDE = 4  # half the latent stride: a bead of a fine mat spans a cell or two
-STAT_CHANNELS = 5 * len(STAT_WINDOWS)  # mean of the image, two openings, a closing; contrast
+GRANULOMETRY = (1, 2, 3, 5, 9)  # opening sides, in multiples of the side that erases a fibre
+LINE = 3  # line opening length, in multiples of that side: longer than a particle is wide
+STAT_MAPS = len(GRANULOMETRY) + 3  # the image, its openings, its line opening, its closing
+STAT_CHANNELS = (STAT_MAPS + 1) * len(STAT_WINDOWS)  # their means, and the image's contrast
 DEFAULT_FIBRE_SCALE = 4.0  # px: for a model that recorded none (the synthetic classic mat)
 
 
@@ -69,11 +74,46 @@ def opening(x: torch.Tensor, k: int) -> torch.Tensor:
     return _max(-_max(-x, k), k)
 
 
+def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """out[i, j] = x[i + dy, j + dx], and -inf where that falls outside x."""
+    h, w = x.shape[-2:]
+    p = max(abs(dy), abs(dx))
+    x = F.pad(x, (p, p, p, p), value=float("-inf"))
+    return x[..., p + dy : p + dy + h, p + dx : p + dx + w]
+
+
+def _line_max(x: torch.Tensor, n: int, dy: int, dx: int) -> torch.Tensor:
+    """Maximum over a centred line of n (odd) pixels along (dy, dx) (each -1, 0 or 1), by
+    doubling: about log2(n) shifts rather than n; what falls outside x does not count."""
+    h, w, c = *x.shape[-2:], n // 2
+    out, reach = F.pad(x, (c, c, c, c), value=float("-inf")), 1  # out[j]: max over the
+    while 2 * reach <= n:  # steps [0, reach) from j along (dy, dx)
+        out, reach = torch.maximum(out, _shift(out, reach * dy, reach * dx)), 2 * reach
+    if reach < n:
+        out = torch.maximum(out, _shift(out, (n - reach) * dy, (n - reach) * dx))
+    top, left = c - c * dy, c - c * dx
+    return out[..., top : top + h, left : left + w]
+
+
+def line_opening(x: torch.Tensor, length: int) -> torch.Tensor:
+    """The brightest of four grey openings by a line of about length px (horizontal,
+    vertical, both diagonals): keeps fibres, and their crossings along either fibre, and
+    erases bright bodies shorter than length in every direction (particles, bead cores)."""
+    diagonal = max(3, round(length / 2**0.5) | 1)  # the same Euclidean length
+    lines = [(length, 0, 1), (length, 1, 0), (diagonal, 1, 1), (diagonal, 1, -1)]
+    return torch.stack(
+        [_line_max(-_line_max(-x, n, dy, dx), n, dy, dx) for n, dy, dx in lines]
+    ).amax(dim=0)
+
+
 def local_stats(x: torch.Tensor, side: int) -> torch.Tensor:
     """(N, 1, H, W) -> (N, STAT_CHANNELS, H/4, W/4): over squares of STAT_WINDOWS px centred
-    on each cell of a STAT_STRIDE grid, the means of the image, of its openings by side and
-    2 side + 1, of its closing by side, and the image's standard deviation."""
-    maps = torch.cat([x, opening(x, side), opening(x, 2 * side + 1), -opening(-x, side)], dim=1)
+    on each cell of a STAT_STRIDE grid, the means of the image, of its openings by the
+    GRANULOMETRY multiples of side, of its line opening, of its closing by side, and the
+    image's standard deviation."""
+    openings = [opening(x, k * side | 1) for k in GRANULOMETRY]
+    lined = line_opening(x, LINE * side | 1)
+    maps = torch.cat([x, *openings, lined, -opening(-x, side)], dim=1)
     out = []
     for k in STAT_WINDOWS:
         pad = (k - STAT_STRIDE) // 2

@@ -188,3 +188,25 @@ def test_evaluate_without_masks_gives_image_metrics_and_a_warning(
     assert "warning: " in (err := capsys.readouterr().err) and "no ground-truth masks" in err
     assert 0.0 <= result["image_auroc"] <= 1.0
     assert "pixel_auroc" not in result and "aupro" not in result
+
+
+def test_a_run_older_than_the_statistics_is_refitted_as_training_fitted(tiny_run):
+    """A checkpoint whose normal fit has fewer statistics than the graph now computes (saved
+    by an older version) still exports: the Gaussians are refitted on the images training
+    fitted them on, which gives back what a current checkpoint stores."""
+    import torch
+
+    from models.config import ModelConfig
+    from models.networks import BiGAN
+    from models.scoring import AnomalyScorer
+    from training.export import load_checkpoint, load_normal_fit
+
+    ckpt = load_checkpoint(tiny_run)
+    info, stored = ckpt["meta"], ckpt["normal_fit"]
+    bigan = BiGAN(ModelConfig.from_dict(ckpt["model_config"]))
+    bigan.load_state_dict(ckpt["model"])
+    scorer = AnomalyScorer(bigan, fibre_scale=info.get("fibre_scale", 0.0)).eval()
+    old = {**stored, "stats.weight": torch.zeros(15, 15, 1, 1), "stats.bias": torch.zeros(15)}
+    load_normal_fit(scorer, {**ckpt, "normal_fit": old}, info["train"]["crop_bottom"], 16)
+    for name, value in stored.items():
+        torch.testing.assert_close(scorer.state_dict()[name], value, rtol=1e-2, atol=1e-2)

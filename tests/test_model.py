@@ -7,7 +7,14 @@ from scipy import ndimage as ndi
 
 from models.config import ModelConfig
 from models.networks import BiGAN
-from models.scoring import BLUR_RADIUS, AnomalyScorer, Whitened, fit_normal, gaussian_blur
+from models.scoring import (
+    BLUR_RADIUS,
+    AnomalyScorer,
+    Whitened,
+    fit_normal,
+    gaussian_blur,
+    line_opening,
+)
 
 CFG = ModelConfig(channels=8, latent_channels=4, disc_channels=8)
 
@@ -85,6 +92,46 @@ def test_fitted_terms_light_up_what_normal_images_never_show():
     channels = scorer.features.bias.numel()
     assert 0.9 * channels < float(torch.stack(on_fit).mean()) < 1.1 * channels
     assert torch.isfinite(f).all() and f.min() >= 0
+
+
+@pytest.mark.parametrize("length", [3, 9, 27])
+def test_line_opening_is_scipys_over_four_orientations(length):
+    """The doubling shifts give exactly scipy's erosion then dilation by each line (what
+    lies outside the image not counted), the brightest of the four kept."""
+    x = np.random.default_rng(length).random((41, 57)).astype(np.float32)
+    diagonal = max(3, round(length / 2**0.5) | 1)
+    lines = [
+        np.ones((1, length), bool),
+        np.ones((length, 1), bool),
+        np.eye(diagonal, dtype=bool),
+        np.fliplr(np.eye(diagonal, dtype=bool)),
+    ]
+    expected = np.max(
+        [
+            ndi.grey_dilation(
+                ndi.grey_erosion(x, footprint=f, mode="constant", cval=np.inf),
+                footprint=f,
+                mode="constant",
+                cval=-np.inf,
+            )
+            for f in lines
+        ],
+        axis=0,
+    )
+    got = line_opening(torch.from_numpy(x)[None, None], length)[0, 0].numpy()
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_line_opening_keeps_fibres_and_erases_particles():
+    """A straight fibre, at any of the orientations, survives; a disc narrower than the line
+    in every direction (a particle) goes."""
+    yy, xx = np.mgrid[:80, :80]
+    fibres = (np.abs(yy - xx) < 3) | (np.abs(yy - 20) < 3)  # a diagonal and a horizontal
+    particle = (yy - 60) ** 2 + (xx - 20) ** 2 < 7**2
+    x = torch.from_numpy((fibres | particle).astype(np.float32))[None, None]
+    kept = line_opening(x, 27)[0, 0].numpy()
+    assert kept[fibres & ~particle].min() == 1.0
+    assert kept[55:66, 15:26].max() == 0.0
 
 
 def test_blur_is_normalised_and_tends_to_identity():

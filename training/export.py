@@ -22,12 +22,13 @@ from models.detector import Detector
 from models.errors import NanoinspectError
 from models.networks import BiGAN
 from models.phase import for_export, restore
-from models.scoring import SIGMA_MAX, AnomalyScorer
+from models.scale import to_scale
+from models.scoring import SIGMA_MAX, AnomalyScorer, fit_normal
 from training.calibrate import calibrate, check_settings, write_artifact
 from training.data import find_dataset, load_images, load_mask
 from training.provenance import code_version
 from training.selfcheck import Labelled
-from training.train import BEST, latest_checkpoint
+from training.train import BEST, FIT_IMAGES, latest_checkpoint
 
 PARITY_SIZES = ((256, 256), (1024, 704))  # (width, height)
 PARITY_RTOL, PARITY_ATOL = 1e-3, 1e-4  # onnxruntime vs torch, on every output
@@ -53,6 +54,31 @@ def load_checkpoint(run: Path) -> dict:
     if "normal_fit" not in ckpt:
         raise NanoinspectError(f"{path}: made by an older version (no normal fit): train again")
     return ckpt
+
+
+def load_normal_fit(scorer: AnomalyScorer, ckpt: dict, crop_bottom: float, bits: int) -> None:
+    """The checkpoint's fitted normal Gaussians; refitted on the images training fitted them
+    on when the scoring graph's descriptors changed since (a run saved by an older version)."""
+    own = scorer.state_dict()
+    stored = ckpt["normal_fit"]
+    if all(v.shape == own[k].shape for k, v in stored.items()):
+        scorer.load_state_dict(stored, strict=False)
+        return
+    info = ckpt["meta"]
+    data = Path(info["data"])
+    if not data.is_dir():
+        raise NanoinspectError(
+            f"the checkpoint's normal fit predates this version's statistics, and its training "
+            f"data {data} is gone to refit it: train again"
+        )
+    layout = find_dataset(data)
+    held = set(info["holdout"])
+    fit = [s for s in layout.train if str(s.path.relative_to(layout.root)) not in held]
+    fit = fit[:: max(1, len(fit) // FIT_IMAGES)][:FIT_IMAGES]
+    images = [
+        to_scale(im, info.get("fibre_scale", 0.0))[0] for im in load_images(fit, crop_bottom, bits)
+    ]
+    fit_normal(scorer, [torch.tensor(im)[None, None] for im in images])  # a copy: writable
 
 
 def calibration_set(
@@ -196,9 +222,9 @@ def export(
     bigan.load_state_dict(ckpt["model"])
     info = ckpt["meta"]
     scorer = AnomalyScorer(bigan, fibre_scale=info.get("fibre_scale", 0.0)).eval()
-    scorer.load_state_dict(ckpt["normal_fit"], strict=False)
     crop = info["train"]["crop_bottom"]
     bits = info.get("sample_bits", 16)
+    load_normal_fit(scorer, ckpt, crop, bits)
     if data is None:
         if not Path(info["data"]).is_dir():
             raise NanoinspectError(f"training data {info['data']} is gone: pass --calibrate DATA")
