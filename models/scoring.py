@@ -63,36 +63,35 @@ def opening_side(fibre_scale: float) -> int:
     return max(3, round(2 * scale) | 1)
 
 
+def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """out[i, j] = x[i + dy, j + dx], and -inf where that falls outside x: one pad, negative
+    on the side it crops."""
+    return F.pad(x, (-dx, dx, -dy, dy), value=float("-inf"))
+
+
+def _line_max(x: torch.Tensor, n: int, dy: int, dx: int) -> torch.Tensor:
+    """Maximum over a centred line of n (odd) pixels along (dy, dx) (each -1, 0 or 1), by
+    doubling: about log2(n) shifts rather than n (a max pool costs n per pixel, and the
+    wide openings made it the graph's slowest part); what falls outside x does not count."""
+    h, w, c = *x.shape[-2:], n // 2
+    py, px = c * abs(dy), c * abs(dx)
+    out, reach = F.pad(x, (px, px, py, py), value=float("-inf")), 1  # out[j]: max over the
+    while 2 * reach <= n:  # steps [0, reach) from j along (dy, dx)
+        out, reach = torch.maximum(out, _shift(out, reach * dy, reach * dx)), 2 * reach
+    if reach < n:
+        out = torch.maximum(out, _shift(out, (n - reach) * dy, (n - reach) * dx))
+    top, left = py - c * dy, px - c * dx
+    return out[..., top : top + h, left : left + w]
+
+
 def _max(x: torch.Tensor, k: int) -> torch.Tensor:
     """Maximum over a k x k square (odd k), separable; the border uses what exists."""
-    x = F.max_pool2d(x, (k, 1), 1, (k // 2, 0))
-    return F.max_pool2d(x, (1, k), 1, (0, k // 2))
+    return _line_max(_line_max(x, k, 1, 0), k, 0, 1)
 
 
 def opening(x: torch.Tensor, k: int) -> torch.Tensor:
     """Grey opening by a k x k square: erases bright structures narrower than k."""
     return _max(-_max(-x, k), k)
-
-
-def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """out[i, j] = x[i + dy, j + dx], and -inf where that falls outside x."""
-    h, w = x.shape[-2:]
-    p = max(abs(dy), abs(dx))
-    x = F.pad(x, (p, p, p, p), value=float("-inf"))
-    return x[..., p + dy : p + dy + h, p + dx : p + dx + w]
-
-
-def _line_max(x: torch.Tensor, n: int, dy: int, dx: int) -> torch.Tensor:
-    """Maximum over a centred line of n (odd) pixels along (dy, dx) (each -1, 0 or 1), by
-    doubling: about log2(n) shifts rather than n; what falls outside x does not count."""
-    h, w, c = *x.shape[-2:], n // 2
-    out, reach = F.pad(x, (c, c, c, c), value=float("-inf")), 1  # out[j]: max over the
-    while 2 * reach <= n:  # steps [0, reach) from j along (dy, dx)
-        out, reach = torch.maximum(out, _shift(out, reach * dy, reach * dx)), 2 * reach
-    if reach < n:
-        out = torch.maximum(out, _shift(out, (n - reach) * dy, (n - reach) * dx))
-    top, left = c - c * dy, c - c * dx
-    return out[..., top : top + h, left : left + w]
 
 
 def line_opening(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -113,14 +112,21 @@ def local_stats(x: torch.Tensor, side: int) -> torch.Tensor:
     image's standard deviation."""
     openings = [opening(x, k * side | 1) for k in GRANULOMETRY]
     lined = line_opening(x, LINE * side | 1)
-    maps = torch.cat([x, *openings, lined, -opening(-x, side)], dim=1)
+    maps = torch.cat([x, *openings, lined, -opening(-x, side), x * x], dim=1)  # x^2: contrast
     out = []
     for k in STAT_WINDOWS:
-        pad = (k - STAT_STRIDE) // 2
-        mean = F.avg_pool2d(maps, k, STAT_STRIDE, pad, count_include_pad=False)
-        square = F.avg_pool2d(x * x, k, STAT_STRIDE, pad, count_include_pad=False)
-        out += [mean, (square - mean[:, :1] ** 2).clamp(min=0).sqrt()]
+        mean = _window_mean(maps, k)
+        out += [mean[:, :-1], (mean[:, -1:] - mean[:, :1] ** 2).clamp(min=0).sqrt()]
     return torch.cat(out, dim=1)
+
+
+def _window_mean(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean over k x k squares on the STAT_STRIDE grid, of the pixels inside x: a column pass
+    then a row pass (a clipped square is a rectangle, so this is exact), 2k reads per output
+    rather than k^2."""
+    pad = (k - STAT_STRIDE) // 2
+    x = F.avg_pool2d(x, (k, 1), (STAT_STRIDE, 1), (pad, 0), count_include_pad=False)
+    return F.avg_pool2d(x, (1, k), (1, STAT_STRIDE), (0, pad), count_include_pad=False)
 
 
 class Whitened(nn.Module):

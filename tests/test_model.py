@@ -9,11 +9,14 @@ from models.config import ModelConfig
 from models.networks import BiGAN
 from models.scoring import (
     BLUR_RADIUS,
+    STAT_STRIDE,
+    STAT_WINDOWS,
     AnomalyScorer,
     Whitened,
     fit_normal,
     gaussian_blur,
     line_opening,
+    local_stats,
 )
 
 CFG = ModelConfig(channels=8, latent_channels=4, disc_channels=8)
@@ -120,6 +123,19 @@ def test_line_opening_is_scipys_over_four_orientations(length):
     )
     got = line_opening(torch.from_numpy(x)[None, None], length)[0, 0].numpy()
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("h,w", [(37, 53), (64, 96), (9, 30)])
+def test_window_means_are_the_square_means_of_the_pixels_inside(h, w):
+    """The separable window mean gives each window's mean over the pixels inside the image,
+    as a square average pool that leaves out its padding does."""
+    x = torch.rand(1, 1, h, w)
+    stats = local_stats(x, 3)
+    per_window = stats.shape[1] // len(STAT_WINDOWS)
+    for i, k in enumerate(STAT_WINDOWS):
+        pad = (k - STAT_STRIDE) // 2
+        expected = torch.nn.functional.avg_pool2d(x, k, STAT_STRIDE, pad, count_include_pad=False)
+        torch.testing.assert_close(stats[:, i * per_window : i * per_window + 1], expected)
 
 
 def test_line_opening_keeps_fibres_and_erases_particles():
