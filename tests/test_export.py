@@ -207,6 +207,6 @@ def test_a_run_older_than_the_statistics_is_refitted_as_training_fitted(tiny_run
     bigan.load_state_dict(ckpt["model"])
     scorer = AnomalyScorer(bigan, fibre_scale=info.get("fibre_scale", 0.0)).eval()
     old = {**stored, "stats.weight": torch.zeros(15, 15, 1, 1), "stats.bias": torch.zeros(15)}
-    load_normal_fit(scorer, {**ckpt, "normal_fit": old}, info["train"]["crop_bottom"], 16)
+    load_normal_fit(scorer, {**ckpt, "normal_fit": old})
     for name, value in stored.items():
         torch.testing.assert_close(scorer.state_dict()[name], value, rtol=1e-2, atol=1e-2)

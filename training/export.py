@@ -28,7 +28,7 @@ from training.calibrate import calibrate, check_settings, write_artifact
 from training.data import find_dataset, load_images, load_mask
 from training.provenance import code_version
 from training.selfcheck import Labelled
-from training.train import BEST, FIT_IMAGES, latest_checkpoint
+from training.train import BEST, fit_sample, latest_checkpoint
 
 PARITY_SIZES = ((256, 256), (1024, 704))  # (width, height)
 PARITY_RTOL, PARITY_ATOL = 1e-3, 1e-4  # onnxruntime vs torch, on every output
@@ -56,7 +56,7 @@ def load_checkpoint(run: Path) -> dict:
     return ckpt
 
 
-def load_normal_fit(scorer: AnomalyScorer, ckpt: dict, crop_bottom: float, bits: int) -> None:
+def load_normal_fit(scorer: AnomalyScorer, ckpt: dict) -> None:
     """The checkpoint's fitted normal Gaussians; refitted on the images training fitted them
     on when the scoring graph's descriptors changed since (a run saved by an older version)."""
     own = scorer.state_dict()
@@ -74,10 +74,9 @@ def load_normal_fit(scorer: AnomalyScorer, ckpt: dict, crop_bottom: float, bits:
     layout = find_dataset(data)
     held = set(info["holdout"])
     fit = [s for s in layout.train if str(s.path.relative_to(layout.root)) not in held]
-    fit = fit[:: max(1, len(fit) // FIT_IMAGES)][:FIT_IMAGES]
-    images = [
-        to_scale(im, info.get("fibre_scale", 0.0))[0] for im in load_images(fit, crop_bottom, bits)
-    ]
+    crop, bits = info["train"]["crop_bottom"], info.get("sample_bits", 16)
+    scale = info.get("fibre_scale", 0.0)
+    images = [to_scale(im, scale)[0] for im in load_images(fit_sample(fit), crop, bits)]
     fit_normal(scorer, [torch.tensor(im)[None, None] for im in images])  # a copy: writable
 
 
@@ -224,7 +223,7 @@ def export(
     scorer = AnomalyScorer(bigan, fibre_scale=info.get("fibre_scale", 0.0)).eval()
     crop = info["train"]["crop_bottom"]
     bits = info.get("sample_bits", 16)
-    load_normal_fit(scorer, ckpt, crop, bits)
+    load_normal_fit(scorer, ckpt)
     if data is None:
         if not Path(info["data"]).is_dir():
             raise NanoinspectError(f"training data {info['data']} is gone: pass --calibrate DATA")

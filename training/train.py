@@ -110,6 +110,12 @@ def _crop(image: np.ndarray, side: int) -> np.ndarray:
 
 
 @torch.no_grad()
+def fit_sample(items: list) -> list:
+    """The FIT_IMAGES of a run's fit set, spread over it, that the normal Gaussians are fitted
+    on: export refits on the same ones when a run predates the scoring graph."""
+    return items[:: max(1, len(items) // FIT_IMAGES)][:FIT_IMAGES]
+
+
 def rank_checkpoint(
     scorer: AnomalyScorer, fit: list[np.ndarray], check: list[selfcheck.Labelled]
 ) -> tuple[dict, selfcheck.Choice]:
@@ -222,7 +228,7 @@ def train(
     images = [to_scale(im, scale)[0] for im in images]
     held = [_crop(to_scale(im, scale)[0], CHECK_SIDE) for im in held]
     check = selfcheck.selfcheck_set(held, seed)
-    fit_images = images[:: max(1, len(images) // FIT_IMAGES)][:FIT_IMAGES]
+    fit_images = fit_sample(images)
     sampler = PatchSampler(images, cfg.patch_size, seed, names=[str(s.path) for s in fit])
     if not holdout:
         raise NanoinspectError("training needs at least 2 normal images: one is held out")
