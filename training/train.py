@@ -109,13 +109,13 @@ def _crop(image: np.ndarray, side: int) -> np.ndarray:
     return image[y : y + side, x : x + side]
 
 
-@torch.no_grad()
 def fit_sample(items: list) -> list:
     """The FIT_IMAGES of a run's fit set, spread over it, that the normal Gaussians are fitted
     on: export refits on the same ones when a run predates the scoring graph."""
     return items[:: max(1, len(items) // FIT_IMAGES)][:FIT_IMAGES]
 
 
+@torch.no_grad()
 def rank_checkpoint(
     scorer: AnomalyScorer, fit: list[np.ndarray], check: list[selfcheck.Labelled]
 ) -> tuple[dict, selfcheck.Choice]:
