@@ -11,9 +11,9 @@ from models.errors import ArtifactError
 from models.images import crop_setting
 
 FORMAT = "nanoinspect-bigan"
-FORMAT_VERSION = 3  # 2: feature-likelihood and local-statistics terms; 3: statistics of width
+FORMAT_VERSION = 4  # 2: feature-likelihood and statistics terms; 3: width; 4: bodies term
 INPUTS = ("image", "alpha", "sigma")
-OUTPUTS = ("score_map", "score", "reconstruction", "d_map", "f_map", "t_map")
+OUTPUTS = ("score_map", "score", "reconstruction", "d_map", "f_map", "t_map", "b_map")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class ArtifactMeta:
     d_scale: float  # mean (D~ - 1)^2 on held-out normal images (divided out in the graph)
     f_scale: float  # mean feature Mahalanobis^2 on held-out normals (divided out in the graph)
     t_scale: float  # mean local-statistics Mahalanobis^2 on held-out normals (likewise)
-    term_weights: list[float]  # (w_0, w_f, w_t): the BiGAN term, feature and statistics terms
+    b_scale: float  # mean bodies map on held-out normals (likewise)
+    term_weights: list[float]  # (w_0, w_f, w_t, w_b): BiGAN, features, statistics, bodies
     model_config: dict[str, Any]
     train_config: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)  # how the numbers above were set

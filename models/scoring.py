@@ -7,7 +7,9 @@ torch path, REST and batch all compute the same numbers.
            features, / f_scale                     (the likelihood of the latent code)
     t(c) = Mahalanobis^2 of the local statistics of the image, of its openings at several
            multiples of the fibre width and of its closing, at three window sizes, / t_scale
-    a(c) = Gaussian_sigma * [w_0 (alpha d + (1 - alpha) r) + w_f f + w_t t]
+    b(c) = the compact bodies wider than a fibre (the opening that erases fibres, less its
+           opening by a long line), / b_scale
+    a(c) = Gaussian_sigma * [w_0 (alpha d + (1 - alpha) r) + w_f f + w_t t + w_b b]
     A(s) = alpha mean(d) + (1 - alpha) RMS(r)
 
 Each term averages 1 on held-out normal images; the weights w are chosen by calibration
@@ -17,7 +19,8 @@ particles move the learned features, films and charging move the local statistic
 opening wider than a fibre erases every fibre and keeps what is wider (beads, films, clumps,
 particles); a closing fills what is narrower: so the statistics see width, not just brightness.
 Openings at several widths (a granulometry) tell a particle or a film from a fibre crossing,
-which the narrowest opening also keeps.
+which the narrowest opening also keeps. The statistics average over windows, which a mat of
+small beads defeats: b marks each bead, pixel by pixel.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ STAT_WINDOWS = (4, 12, 28)  # local statistics over these squares, on a grid of 
 STAT_STRIDE = 4  # half the latent stride: a bead of a fine mat spans a cell or two
 GRANULOMETRY = (1, 2, 3, 5, 9)  # opening sides, in multiples of the side that erases a fibre
 LINE = 3  # line opening length, in multiples of that side: longer than a particle is wide
+BODY_LINE = 12  # the line that keeps crossings and films but no bead, in multiples of the side
 STAT_MAPS = len(GRANULOMETRY) + 3  # the image, its openings, its line opening, its closing
 STAT_CHANNELS = (STAT_MAPS + 1) * len(STAT_WINDOWS)  # their means, and the image's contrast
 DEFAULT_FIBRE_SCALE = 4.0  # px: for a model that recorded none (the synthetic classic mat)
@@ -103,6 +107,14 @@ def line_opening(x: torch.Tensor, length: int) -> torch.Tensor:
     return torch.stack(
         [_line_max(-_line_max(-x, n, dy, dx), n, dy, dx) for n, dy, dx in lines]
     ).amax(dim=0)
+
+
+def bodies(x: torch.Tensor, side: int) -> torch.Tensor:
+    """Bright bodies wider than a fibre and shorter than BODY_LINE sides in every direction
+    (beads, particles), per pixel: what the opening by side keeps (it erases fibres), less
+    what a line opening of that keeps (crossings, films, clumps: long in some direction)."""
+    wide = opening(x, side)
+    return (wide - line_opening(wide, BODY_LINE * side | 1)).clamp(min=0)
 
 
 def local_stats(x: torch.Tensor, side: int) -> torch.Tensor:
@@ -175,7 +187,8 @@ class AnomalyScorer(nn.Module):
         self.register_buffer("d_scale", torch.tensor(float(d_scale)))
         self.register_buffer("f_scale", torch.tensor(1.0))
         self.register_buffer("t_scale", torch.tensor(1.0))
-        self.register_buffer("weights", torch.tensor([1.0, 0.0, 0.0]))  # w_0, w_f, w_t
+        self.register_buffer("b_scale", torch.tensor(1.0))
+        self.register_buffer("weights", torch.tensor([1.0, 0.0, 0.0, 0.0]))  # w_0, w_f, w_t, w_b
 
     def _pad(self, image: torch.Tensor) -> torch.Tensor:
         h, w = image.shape[-2:]
@@ -183,8 +196,9 @@ class AnomalyScorer(nn.Module):
         return F.pad(image, (m, m + (-(w + 2 * m)) % s, m, m + (-(h + 2 * m)) % s), mode="reflect")
 
     def descriptors(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Of the padded image: z = E(s), D's map, the learned features [z, D's image
-        features] on the latent grid, and the local statistics on the STAT_STRIDE grid."""
+        """Of the padded image (returned first): z = E(s), D's map, the learned features
+        [z, D's image features] on the latent grid, and the local statistics on the
+        STAT_STRIDE grid."""
         x = self._pad(image)
         z = self.bigan.encoder(x)  # (N, C_z, H'/s, W'/s), H' = H + 2m rounded up to s
         disc = self.bigan.discriminator
@@ -197,25 +211,26 @@ class AnomalyScorer(nn.Module):
         return F.interpolate(grid, scale_factor=stride, mode="bilinear")[..., m : m + h, m : m + w]
 
     def terms(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Calibrated d, r, f and t maps (N, 1, H, W) and the reconstruction (N, 1, H, W)."""
+        """Calibrated d, r, f, t and b maps (N, 1, H, W) and the reconstruction (N, 1, H, W)."""
         h, w = image.shape[-2:]
         m = MARGIN
-        _, z, dmap, feats, stats = self.descriptors(image)
+        x, z, dmap, feats, stats = self.descriptors(image)
         recon = self.bigan.generator(z)[..., m : m + h, m : m + w]
         d = self._full((dmap - 1) ** 2, h, w, self.stride) / self.d_scale
         r = (recon - image).abs() / self.r_scale
         f = self._full(self.features(feats), h, w, self.stride) / self.f_scale
         t = self._full(self.stats(stats), h, w, STAT_STRIDE) / self.t_scale
-        return d, r, f, t, recon
+        b = bodies(x, self.side)[..., m : m + h, m : m + w] / self.b_scale
+        return d, r, f, t, b, recon
 
     def forward(self, image: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor):
-        d, r, f, t, recon = self.terms(image)
+        d, r, f, t, b, recon = self.terms(image)
         alpha = alpha.to(image.dtype).reshape(1)
         w = self.weights
-        mixed = w[0] * (alpha * d + (1 - alpha) * r) + w[1] * f + w[2] * t
+        mixed = w[0] * (alpha * d + (1 - alpha) * r) + w[1] * f + w[2] * t + w[3] * b
         score_map = gaussian_blur(mixed, sigma)
         score = alpha * d.mean(dim=(1, 2, 3)) + (1 - alpha) * r.pow(2).mean(dim=(1, 2, 3)).sqrt()
-        return score_map, score, recon, d, f, t
+        return score_map, score, recon, d, f, t, b
 
 
 @torch.no_grad()

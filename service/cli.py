@@ -204,7 +204,7 @@ def _report_calibration(meta) -> None:
     check = cal["check"]
     typer.echo(
         f"chosen on {cal['chosen_on']}: alpha {meta.alpha:g}, sigma {meta.sigma:g}, "
-        f"weights (bigan, features, statistics) {tuple(meta.term_weights)}; "
+        f"weights (bigan, features, statistics, bodies) {tuple(meta.term_weights)}; "
         f"pixel AUROC {check['pixel_auroc']:.3f}, AUPRO {check['aupro']:.3f}, "
         f"image AUROC {check['image_auroc']:.3f} on {check['images']} images"
     )

@@ -155,7 +155,7 @@ class ModelOut(ModelIdentity):
     min_area: int
     stride: int
     term_weights: list[float] = Field(
-        description="weights of the BiGAN, feature and statistics terms"
+        description="weights of the BiGAN, feature, statistics and bodies terms"
     )
     calibration: dict[str, Any] = Field(description="how the settings were chosen: the self-check")
     limits: dict[str, int | float] = Field(description="upload and batching limits")

@@ -32,6 +32,7 @@ def test_artifact_is_one_checked_file_with_full_metadata(tiny_model):
         "d_scale",
         "f_scale",
         "t_scale",
+        "b_scale",
         "term_weights",
         "model_config",
         "train_config",
@@ -54,13 +55,14 @@ def test_calibration_makes_normal_terms_average_one(tiny_model, synth_data):
     det = Detector(tiny_model, providers=("cpu",))
     assert det.meta.calibration["method"] == "best_f1"  # synth_data has labelled defects
     normals = load_images(find_dataset(synth_data).train)
-    means = {k: [] for k in "drft"}
+    means = {k: [] for k in "drftb"}
     for img in normals:
         out = det.run(img[None, None], 1.0, det.meta.sigma)
         means["d"].append(out["d_map"].mean())
         means["r"].append(np.abs(out["reconstruction"][0, 0] - img).mean() / det.meta.r_scale)
         means["f"].append(out["f_map"].mean())
         means["t"].append(out["t_map"].mean())
+        means["b"].append(out["b_map"].mean())
     # scales come from the held-out part; over all normal images the means stay near 1
     for k, v in means.items():
         assert 0.3 < np.mean(v) < 3.0, k

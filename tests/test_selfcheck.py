@@ -33,6 +33,26 @@ def test_pasted_defects_are_deterministic_and_change_only_their_region():
         assert ndi.distance_transform_edt(~s.mask)[changed].max() <= 5
 
 
+def test_scatters_are_many_small_bright_bodies_sized_by_the_fibre_scale():
+    """A third of the pasted images carry a scatter: many separate bodies, brighter than
+    what they cover, whose half-widths follow the fibre scale passed in."""
+    normals = _normals(6, (320, 240))
+    for scale in (2.0, 4.0):
+        check = selfcheck.selfcheck_set(normals, seed=0, scale=scale, per_image=4)
+        widths, scatters = [], 0
+        for i, s in enumerate(check):
+            labels, n = ndi.label(s.mask)
+            if n < selfcheck.SCATTER[0] // 2:
+                continue  # pasted shapes (1-3), not a scatter
+            scatters += 1
+            base = normals[i // 5]
+            assert (s.image - base)[s.mask].mean() > 0.1
+            depth = ndi.distance_transform_edt(s.mask)
+            widths += list(ndi.maximum(depth, labels, np.arange(1, n + 1)) / scale)
+        assert 3 <= scatters <= 14, scatters
+        assert 1.0 < np.median(widths) < selfcheck.BODY[1] + 1
+
+
 def test_numpy_blur_is_the_graphs_blur():
     x = np.random.default_rng(0).random((50, 70)).astype(np.float32)
     for sigma in (1.0, 4.0, 8.0):
@@ -50,12 +70,12 @@ def test_choose_weights_the_term_that_carries_the_defects():
     def terms(signal: str) -> list[dict[str, np.ndarray]]:
         out = []
         for m in masks:
-            t = {k: rng.random(m.shape).astype(np.float32) for k in "drft"}
+            t = {k: rng.random(m.shape).astype(np.float32) for k in selfcheck.TERMS}
             t[signal] = t[signal] + 3 * m
             out.append(t)
         return out
 
-    for signal, index in (("t", 2), ("f", 1)):
+    for signal, index in (("t", 2), ("f", 1), ("b", 3)):
         best, tried = selfcheck.choose(terms(signal), masks, sigmas=(1.0,))
         assert best.weights[index] >= 0.5, (signal, best)
         assert best.pixel_auroc > 0.95 and best.passed

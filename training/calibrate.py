@@ -1,6 +1,6 @@
 """Calibration of an exported artifact, run on onnxruntime so it applies to any artifact.
 
-1. Term scales: the means of raw d, r, f and t on held-out normal images, written into the
+1. Term scales: the means of raw d, r, f, t and b on held-out normal images, written into the
    graph's `*_scale` initializers, so every term averages 1 on normal data.
 2. alpha, sigma and the term weights: chosen by pixel AUROC + AUPRO + image AUROC on
    labelled defects when given, else on the self-check (the held-out normals with pasted
@@ -31,8 +31,7 @@ from training.selfcheck import Choice, Labelled
 
 PIXEL_FPR = 0.005  # share of normal pixels above gamma (before min_area)
 IMAGE_FPR = 0.05  # share of normal images above tau
-SCALES = ("d_scale", "r_scale", "f_scale", "t_scale")
-TERMS = "drft"
+SCALES = ("d_scale", "r_scale", "f_scale", "t_scale", "b_scale")
 CHECK_NORMALS = 12  # held-out normals the self-check pastes into (3 images each): enough to rank
 
 
@@ -85,10 +84,11 @@ def write_artifact(model: onnx.ModelProto, meta: ArtifactMeta, path: Path) -> No
 
 
 def raw_terms(det: Detector, image: np.ndarray) -> dict[str, np.ndarray]:
-    """d, r, f, t (H, W) of one image as the graph computes them, before any weighting."""
-    out = det.run(image[None, None], 1.0, 0.0, ("reconstruction", "d_map", "f_map", "t_map"))
+    """d, r, f, t, b (H, W) of one image as the graph computes them, before any weighting."""
+    maps = [f"{k}_map" for k in "dftb"]
+    out = det.run(image[None, None], 1.0, 0.0, ("reconstruction", *maps))
     r = np.abs(out["reconstruction"][0, 0] - image) / det.meta.r_scale
-    return {"d": out["d_map"][0, 0], "r": r, "f": out["f_map"][0, 0], "t": out["t_map"][0, 0]}
+    return {"r": r} | {name[0]: out[name][0, 0] for name in maps}
 
 
 def _zoomed(sample: Labelled, scale: float) -> Labelled:
@@ -99,9 +99,7 @@ def _zoomed(sample: Labelled, scale: float) -> Labelled:
 
 
 def _mix(choice: Choice, terms: dict[str, np.ndarray]) -> np.ndarray:
-    w, a = choice.weights, choice.alpha
-    mixed = w[0] * (a * terms["d"] + (1 - a) * terms["r"]) + w[1] * terms["f"] + w[2] * terms["t"]
-    return selfcheck.blur(mixed, choice.sigma)
+    return selfcheck.blur(selfcheck.mix(choice.weights, choice.alpha, terms), choice.sigma)
 
 
 def calibrate(
@@ -136,16 +134,18 @@ def calibrate(
     scales = {
         name: max(float(np.mean([c[k].mean(dtype=np.float64) for c in clean])), 1e-12)
         * getattr(meta, name)
-        for k, name in zip(TERMS, SCALES, strict=True)
+        for k, name in zip(selfcheck.TERMS, SCALES, strict=True)
     }
     for c in clean:  # as the rescaled graph computes them
-        for k, name in zip(TERMS, SCALES, strict=True):
+        for k, name in zip(selfcheck.TERMS, SCALES, strict=True):
             c[k] = c[k] * (getattr(meta, name) / scales[name])
     meta = meta.with_(**scales)
     write_artifact(onnx.load(path), meta, path)
     det = Detector(path, providers=("cpu",))
 
-    check = list(labelled) or selfcheck.selfcheck_set(normals[:CHECK_NORMALS], seed)
+    check = list(labelled) or selfcheck.selfcheck_set(
+        normals[:CHECK_NORMALS], seed, meta.fibre_scale
+    )
     terms = [raw_terms(det, s.image) for s in check]
     best, tried = selfcheck.choose(
         terms,

@@ -4,8 +4,10 @@ An operator rarely has labelled defects, yet alpha, sigma, the term weights, the
 decision and the best checkpoint must be chosen on something. Pasted defects are that
 something. Their family differs from the training corruptions (training/corrupt.py:
 thresholded smooth noise filled with grey, blur or another patch): here ellipses, curved
-strokes and polygons, made brighter, darker, flattened, domed or noisy. So the check is not
-the training task, and a model that only learned to undo its corruptions does not pass it.
+strokes and polygons, made brighter, darker, flattened, domed or noisy, and scatters of
+small bright bodies a few fibre widths across (the commonest defect of electrospinning is a
+mat of beads, each too small for one pasted shape to stand for it). So the check is not the
+training task, and a model that only learned to undo its corruptions does not pass it.
 """
 
 from __future__ import annotations
@@ -19,16 +21,27 @@ from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
 from models.decision import image_decision
-from models.scoring import BLUR_RADIUS
+from models.scoring import BLUR_RADIUS, DEFAULT_FIBRE_SCALE
 from training import metrics
 
 SHAPES = ("ellipse", "stroke", "polygon")
 FILLS = ("brighter", "darker", "flatten", "dome", "noise")
 AREA = (5e-4, 2e-2)  # one defect's share of the image, drawn log-uniform
+SCATTER_SHARE = 1 / 3  # of the pasted images: a scatter of small bodies instead of shapes
+SCATTER = (10, 40)  # bodies in a scatter
+BODY = (1.5, 3.5)  # a body's half-width, in fibre scales (models.scale)
 SIGMAS = (2.0, 4.0, 8.0)
 ALPHAS = (0.0, 0.5, 1.0)
-# (w_0, w_f, w_t): the mix of the BiGAN term, the feature likelihood and the local statistics
-WEIGHTS = tuple((a / 4, b / 4, (4 - a - b) / 4) for a in range(5) for b in range(5) if a + b <= 4)
+TERMS = "drftb"
+# (w_0, w_f, w_t, w_b): the mix of the BiGAN term, the feature likelihood, the local
+# statistics and the bodies, in quarters
+WEIGHTS = tuple(
+    (a / 4, b / 4, c / 4, (4 - a - b - c) / 4)
+    for a in range(5)
+    for b in range(5)
+    for c in range(5)
+    if a + b + c <= 4
+)
 POOL = 4  # metrics are taken on maps mean-pooled by this: 16x fewer pixels, same ranking
 # below it a model cannot separate its own synthetic defects. The pasted family is harder than
 # real defects of the same size (faint fills, dark shapes on dark voids): models that found
@@ -80,6 +93,25 @@ def _shape(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return ndi.gaussian_filter(np.asarray(im, np.float32) / 255, 1.0)
 
 
+def _scatter(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray:
+    """A soft mask (H, W) of SCATTER small ellipses, BODY fibre scales wide and up to 2.5
+    times as long, spread over a random square part of the image."""
+    im = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(im)
+    part = rng.uniform(0.3, 1.0)
+    x0, y0 = rng.uniform(0, 1 - part) * w, rng.uniform(0, 1 - part) * h
+    t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    for _ in range(int(rng.integers(*SCATTER, endpoint=True))):
+        b = rng.uniform(*BODY) * scale
+        a, theta = b * rng.uniform(1.0, 2.5), rng.uniform(0, np.pi)
+        cx, cy = x0 + rng.uniform(0, part) * w, y0 + rng.uniform(0, part) * h
+        x, y = a * np.cos(t), b * np.sin(t)
+        xs = cx + x * np.cos(theta) - y * np.sin(theta)
+        ys = cy + x * np.sin(theta) + y * np.cos(theta)
+        draw.polygon(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=255)
+    return ndi.gaussian_filter(np.asarray(im, np.float32) / 255, 1.0)
+
+
 def _fill(rng: np.random.Generator, image: np.ndarray, soft: np.ndarray) -> np.ndarray:
     """The image with the soft region changed by one of FILLS."""
     kind = FILLS[rng.integers(len(FILLS))]
@@ -99,6 +131,17 @@ def _fill(rng: np.random.Generator, image: np.ndarray, soft: np.ndarray) -> np.n
     return np.clip(image + (new - image) * soft, 0, 1).astype(np.float32)
 
 
+def _brighter(rng: np.random.Generator, image: np.ndarray, soft: np.ndarray) -> np.ndarray:
+    """The image with the soft region raised, or brought up to a bright level: SEM shows a
+    body standing on the mat bright (bodies filled at the fibres' own brightness instead
+    led the self-check to choices that found beads less well in 4 of 7 domains)."""
+    if rng.uniform() < 0.5:
+        new = image + rng.uniform(0.15, 0.4)
+    else:
+        new = np.maximum(image, rng.uniform(0.5, 1.0))
+    return np.clip(image + (new - image) * soft, 0, 1).astype(np.float32)
+
+
 def paste(image: np.ndarray, rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
     """A copy of a normal image with `count` synthetic defects and their mask."""
     h, w = image.shape
@@ -111,16 +154,21 @@ def paste(image: np.ndarray, rng: np.random.Generator, count: int) -> tuple[np.n
 
 
 def selfcheck_set(
-    normals: Sequence[np.ndarray], seed: int = 0, per_image: int = 2
+    normals: Sequence[np.ndarray], seed: int = 0, scale: float = 0.0, per_image: int = 2
 ) -> list[Labelled]:
-    """Each held-out normal as a good image, and `per_image` copies of it with 1-3 pasted
-    defects each. Deterministic by seed."""
-    out = []
+    """Each held-out normal as a good image, and `per_image` copies of it, each with 1-3
+    pasted shapes or (SCATTER_SHARE of them) a scatter of small bodies sized by the fibre
+    scale (DEFAULT_FIBRE_SCALE if 0). Deterministic by seed."""
+    out, scale = [], scale if scale > 0 else DEFAULT_FIBRE_SCALE
     for i, img in enumerate(normals):
         out.append(Labelled(img, np.zeros(img.shape, bool), "good"))
         for k in range(per_image):
             rng = np.random.default_rng([seed, i, k])
-            pasted, mask = paste(img, rng, int(rng.integers(1, 4)))
+            if rng.uniform() < SCATTER_SHARE:
+                soft = _scatter(rng, *img.shape, scale)
+                pasted, mask = _brighter(rng, img.astype(np.float32), soft), soft > 0.5
+            else:
+                pasted, mask = paste(img, rng, int(rng.integers(1, 4)))
             out.append(Labelled(pasted, mask, "pasted"))
     return out
 
@@ -138,11 +186,18 @@ def _pool(x: np.ndarray) -> np.ndarray:
     return x[:h, :w].reshape(h // POOL, POOL, w // POOL, POOL).mean(axis=(1, 3))
 
 
+def mix(weights: Sequence[float], alpha: float, terms: dict[str, np.ndarray]) -> np.ndarray:
+    """The graph's mix of the term maps, before its blur (models.scoring)."""
+    w, t = weights, terms
+    bigan = alpha * t["d"] + (1 - alpha) * t["r"]
+    return w[0] * bigan + w[1] * t["f"] + w[2] * t["t"] + w[3] * t["b"]
+
+
 @dataclass(frozen=True)
 class Choice:
     alpha: float
     sigma: float
-    weights: tuple[float, float, float]
+    weights: tuple[float, float, float, float]
     pixel_auroc: float
     aupro: float
     image_auroc: float  # of the image decision, pasted against clean
@@ -165,24 +220,21 @@ def choose(
     *,
     sigmas: Sequence[float] = SIGMAS,
     alphas: Sequence[float] = ALPHAS,
-    weights: Sequence[tuple[float, float, float]] = WEIGHTS,
+    weights: Sequence[tuple[float, float, float, float]] = WEIGHTS,
 ) -> tuple[Choice, list[Choice]]:
     """The best (alpha, sigma, weights) by pixel AUROC + AUPRO + image AUROC on the
     self-check set, and every candidate's figures. terms: per image the unblurred maps d,
-    r, f, t (H, W).
+    r, f, t, b (H, W).
     Blurring is linear, so each term is blurred once per sigma and mixed afterwards."""
     labels = [_pool(m.astype(np.float32)) > 0.5 for m in masks]
     image_labels = np.array([m.any() for m in masks])
     tried = []
     for sigma in sigmas:
-        pooled = [{k: _pool(blur(t[k], sigma)) for k in "drft"} for t in terms]
+        pooled = [{k: _pool(blur(t[k], sigma)) for k in TERMS} for t in terms]
         for w, alpha in itertools.product(weights, alphas):
             if w[0] == 0 and alpha != alphas[0]:
                 continue  # alpha weighs nothing here
-            maps = [
-                w[0] * (alpha * p["d"] + (1 - alpha) * p["r"]) + w[1] * p["f"] + w[2] * p["t"]
-                for p in pooled
-            ]
+            maps = [mix(w, alpha, p) for p in pooled]
             tried.append(
                 Choice(
                     alpha=alpha,

@@ -125,17 +125,17 @@ def rank_checkpoint(
     fit_normal(scorer, [torch.from_numpy(im)[None, None].to(dev) for im in fit])
     terms = []
     for s in check:
-        d, r, f, t, _ = scorer.terms(torch.from_numpy(s.image)[None, None].to(dev))
+        maps = scorer.terms(torch.from_numpy(s.image)[None, None].to(dev))[:-1]
         terms.append(
-            {k: v[0, 0].float().cpu().numpy() for k, v in zip("drft", (d, r, f, t), strict=True)}
+            {k: v[0, 0].float().cpu().numpy() for k, v in zip(selfcheck.TERMS, maps, strict=True)}
         )
     state = {
         k: v.cpu() for k, v in scorer.state_dict().items() if k.startswith(("features.", "stats."))
     }
     if not all(np.isfinite(v).all() for t in terms for v in t.values()):
-        return state, selfcheck.Choice(0.0, 0.0, (1.0, 0.0, 0.0), 0.0, 0.0, 0.0)  # ranks last
+        return state, selfcheck.Choice(0.0, 0.0, (1.0, 0.0, 0.0, 0.0), 0.0, 0.0, 0.0)  # ranks last
     clean = [t for t, s in zip(terms, check, strict=True) if s.kind == "good"]
-    for k in "drft":
+    for k in selfcheck.TERMS:
         scale = max(float(np.mean([t[k].mean() for t in clean])), 1e-12)
         for t in terms:
             t[k] = t[k] / scale
@@ -227,7 +227,7 @@ def train(
     scale = working_scale([fibre_scale(im) for im in images])
     images = [to_scale(im, scale)[0] for im in images]
     held = [_crop(to_scale(im, scale)[0], CHECK_SIDE) for im in held]
-    check = selfcheck.selfcheck_set(held, seed)
+    check = selfcheck.selfcheck_set(held, seed, scale)
     fit_images = fit_sample(images)
     sampler = PatchSampler(images, cfg.patch_size, seed, names=[str(s.path) for s in fit])
     if not holdout:
