@@ -26,6 +26,7 @@ class ArtifactMeta:
     image_threshold: float  # tau: is_anomalous = score > tau
     min_area: int  # regions of Omega smaller than this (pixels) are dropped
     stride: int  # E's downsampling factor; images are reflect-padded to a multiple
+    halo: int  # px (working scale) a pixel's score looks around it: tiles overlap by this
     r_scale: float  # mean |G(E(s)) - s| on held-out normal images (divided out in the graph)
     d_scale: float  # mean (D~ - 1)^2 on held-out normal images (divided out in the graph)
     f_scale: float  # mean feature Mahalanobis^2 on held-out normals (divided out in the graph)

@@ -138,6 +138,9 @@ class Detector:
     images; one image always runs): the arena's peak grows with a call's pixels, not its
     image count. None: batch_size alone.
     trt_cache: a folder (a volume) where TensorRT keeps its built engines across restarts.
+    tile: images larger than this on a side (after the zoom to the working scale) are
+    scored in tiles overlapping by the model's halo (what a pixel's score looks at), so
+    the stitched map is the one-pass map; it must be at least 4 halos.
     """
 
     def __init__(
@@ -150,7 +153,6 @@ class Detector:
         batch_size: int = 8,
         batch_pixels: int | None = None,
         tile: int = 1536,
-        halo: int = 96,
         fixed_size: bool = False,
         trt_cache: str | Path | None = None,
     ):
@@ -197,8 +199,12 @@ class Detector:
                 log.warning("no usable GPU: scoring runs on %s", self.provider)
         self.sha256 = file_sha256(self.path)
         self.batch_size, self.batch_pixels = batch_size, batch_pixels
-        self.tile = tile - tile % self.meta.stride
-        self.halo = halo
+        self.tile, self.halo = tile - tile % self.meta.stride, self.meta.halo
+        if tile < 4 * self.halo:
+            raise ArtifactError(
+                f"tile {tile} px is too small for {self.path.name}: a pixel's score looks "
+                f"{self.halo} px around it, so tiles must be at least {4 * self.halo} px"
+            )
 
     @property
     def name(self) -> str:

@@ -42,6 +42,15 @@ BODY_LINE = 12  # the line that keeps crossings and films but no bead, in multip
 STAT_MAPS = len(GRANULOMETRY) + 3  # the image, its openings, its line opening, its closing
 STAT_CHANNELS = (STAT_MAPS + 1) * len(STAT_WINDOWS)  # their means, and the image's contrast
 DEFAULT_FIBRE_SCALE = 4.0  # px: for a model that recorded none (the synthetic classic mat)
+NETWORK_REACH = 8  # latent cells: more than E, G and D see around a cell together
+
+
+def reach(side: int, stride: int) -> int:
+    """How far (px) from a pixel its score looks: the widest morphology (the bodies' line
+    opening after the opening by side, or the widest opening and statistics window), the
+    networks' receptive field, and the blur. Tiles of a large image overlap by this much."""
+    morphology = max((BODY_LINE + 1) * side, GRANULOMETRY[-1] * side + STAT_WINDOWS[-1])
+    return max(morphology, NETWORK_REACH * stride) + BLUR_RADIUS
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -74,7 +74,7 @@ def test_the_card_states_what_ships():
     test = json.loads(RECORDED.read_text())["test"]
     alpha, sigma, *weights = _card(
         r"chosen \*\*alpha ([\d.]+), sigma ([\d.]+), weights \(BiGAN term, features, "
-        r"statistics\) \(([\d., ]+)\)\*\*"
+        r"statistics, bodies\) \(([\d., ]+)\)\*\*"
     )
     assert (alpha, sigma) == (meta.alpha, meta.sigma)
     assert weights == pytest.approx(meta.term_weights, abs=0.005)

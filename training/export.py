@@ -23,7 +23,7 @@ from models.errors import NanoinspectError
 from models.networks import BiGAN
 from models.phase import for_export, restore
 from models.scale import to_scale
-from models.scoring import SIGMA_MAX, AnomalyScorer, fit_normal
+from models.scoring import SIGMA_MAX, AnomalyScorer, fit_normal, reach
 from training.calibrate import calibrate, check_settings, write_artifact
 from training.data import find_dataset, load_images, load_mask
 from training.provenance import code_version
@@ -244,6 +244,7 @@ def export(
         image_threshold=float("inf"),
         min_area=min_area,
         stride=cfg.stride,
+        halo=reach(scorer.side, cfg.stride),
         r_scale=1.0,
         d_scale=1.0,
         f_scale=1.0,
