@@ -118,20 +118,24 @@ def line_opening(x: torch.Tensor, length: int) -> torch.Tensor:
     ).amax(dim=0)
 
 
-def bodies(x: torch.Tensor, side: int) -> torch.Tensor:
+def granulometry(x: torch.Tensor, side: int) -> list[torch.Tensor]:
+    """The openings of x by the GRANULOMETRY multiples of side, narrowest (side) first."""
+    return [opening(x, k * side | 1) for k in GRANULOMETRY]
+
+
+def bodies(wide: torch.Tensor, side: int) -> torch.Tensor:
     """Bright bodies wider than a fibre and shorter than BODY_LINE sides in every direction
-    (beads, particles), per pixel: what the opening by side keeps (it erases fibres), less
-    what a line opening of that keeps (crossings, films, clumps: long in some direction)."""
-    wide = opening(x, side)
+    (beads, particles), per pixel, from wide, the opening by side (it erases fibres): what
+    it keeps less what a line opening of it keeps (crossings, films, clumps: long in some
+    direction)."""
     return (wide - line_opening(wide, BODY_LINE * side | 1)).clamp(min=0)
 
 
-def local_stats(x: torch.Tensor, side: int) -> torch.Tensor:
+def local_stats(x: torch.Tensor, openings: list[torch.Tensor], side: int) -> torch.Tensor:
     """(N, 1, H, W) -> (N, STAT_CHANNELS, H/4, W/4): over squares of STAT_WINDOWS px centred
-    on each cell of a STAT_STRIDE grid, the means of the image, of its openings by the
-    GRANULOMETRY multiples of side, of its line opening, of its closing by side, and the
-    image's standard deviation."""
-    openings = [opening(x, k * side | 1) for k in GRANULOMETRY]
+    on each cell of a STAT_STRIDE grid, the means of the image, of its openings (its
+    granulometry by side), of its line opening, of its closing by side, and the image's
+    standard deviation."""
     lined = line_opening(x, LINE * side | 1)
     maps = torch.cat([x, *openings, lined, -opening(-x, side), x * x], dim=1)  # x^2: contrast
     out = []
@@ -205,15 +209,17 @@ class AnomalyScorer(nn.Module):
         return F.pad(image, (m, m + (-(w + 2 * m)) % s, m, m + (-(h + 2 * m)) % s), mode="reflect")
 
     def descriptors(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Of the padded image (returned first): z = E(s), D's map, the learned features
-        [z, D's image features] on the latent grid, and the local statistics on the
-        STAT_STRIDE grid."""
+        """Of the padded image: its opening by side (for the bodies), z = E(s), D's map, the
+        learned features [z, D's image features] on the latent grid, and the local
+        statistics on the STAT_STRIDE grid."""
         x = self._pad(image)
         z = self.bigan.encoder(x)  # (N, C_z, H'/s, W'/s), H' = H + 2m rounded up to s
         disc = self.bigan.discriminator
         seen = disc.image(x)
         dmap = disc.joint(torch.cat([seen, disc.latent(z)], dim=1))  # (N, 1, H'/s, W'/s)
-        return x, z, dmap, torch.cat([z, seen], dim=1), local_stats(x, self.side)
+        openings = granulometry(x, self.side)
+        stats = local_stats(x, openings, self.side)
+        return openings[0], z, dmap, torch.cat([z, seen], dim=1), stats
 
     def _full(self, grid: torch.Tensor, h: int, w: int, stride: int) -> torch.Tensor:
         m = MARGIN
@@ -223,13 +229,13 @@ class AnomalyScorer(nn.Module):
         """Calibrated d, r, f, t and b maps (N, 1, H, W) and the reconstruction (N, 1, H, W)."""
         h, w = image.shape[-2:]
         m = MARGIN
-        x, z, dmap, feats, stats = self.descriptors(image)
+        wide, z, dmap, feats, stats = self.descriptors(image)
         recon = self.bigan.generator(z)[..., m : m + h, m : m + w]
         d = self._full((dmap - 1) ** 2, h, w, self.stride) / self.d_scale
         r = (recon - image).abs() / self.r_scale
         f = self._full(self.features(feats), h, w, self.stride) / self.f_scale
         t = self._full(self.stats(stats), h, w, STAT_STRIDE) / self.t_scale
-        b = bodies(x, self.side)[..., m : m + h, m : m + w] / self.b_scale
+        b = bodies(wide, self.side)[..., m : m + h, m : m + w] / self.b_scale
         return d, r, f, t, b, recon
 
     def forward(self, image: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor):

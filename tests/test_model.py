@@ -16,8 +16,10 @@ from models.scoring import (
     bodies,
     fit_normal,
     gaussian_blur,
+    granulometry,
     line_opening,
     local_stats,
+    opening,
     opening_side,
 )
 
@@ -134,7 +136,7 @@ def test_window_means_are_the_square_means_of_the_pixels_inside(h, w):
     """The separable window mean gives each window's mean over the pixels inside the image,
     as a square average pool that leaves out its padding does."""
     x = torch.rand(1, 1, h, w)
-    stats = local_stats(x, 3)
+    stats = local_stats(x, granulometry(x, 3), 3)
     per_window = stats.shape[1] // len(STAT_WINDOWS)
     for i, k in enumerate(STAT_WINDOWS):
         pad = (k - STAT_STRIDE) // 2
@@ -166,7 +168,8 @@ def test_bodies_mark_beads_and_particles_not_fibres_or_crossings():
     bead = ((xx - 80) / 9.0) ** 2 + ((yy - 40) / 5.5) ** 2 < 1  # on the horizontal fibre
     particle = (yy - 140) ** 2 + (xx - 80) ** 2 < 6**2
     x = torch.from_numpy((fibres | band | speck | bead | particle).astype(np.float32))
-    b = bodies(x[None, None], opening_side(3.0))[0, 0].numpy()
+    side = opening_side(3.0)
+    b = bodies(opening(x[None, None], side), side)[0, 0].numpy()
     assert b[(fibres | band | speck) & ~ndi.binary_dilation(bead, iterations=2)].max() == 0.0
     assert b[bead].mean() > 0.5 and b[particle].mean() > 0.5
 
