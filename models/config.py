@@ -12,10 +12,22 @@ class ModelConfig:
     latent_channels: int = 16  # C_z: channels of the latent map (H/stride x W/stride)
     depth: int = 3  # number of stride-2 stages; stride = 2**depth (DESIGN: 8)
     disc_channels: int = 16  # width of the discriminator's image branch
+    disc_stride: int = 4  # D's map is 1/disc_stride of the image: a power of 2, <= stride
+
+    def __post_init__(self) -> None:
+        if self.disc_stride < 1 or self.disc_stride & (self.disc_stride - 1):
+            raise ValueError(f"disc_stride must be a power of 2, not {self.disc_stride}")
+        if self.disc_stride > self.stride:
+            raise ValueError(f"disc_stride {self.disc_stride} exceeds the stride {self.stride}")
 
     @property
     def stride(self) -> int:
         return 2**self.depth
+
+    @property
+    def disc_level(self) -> int:
+        """The resolution level of D's map: log2(disc_stride)."""
+        return self.disc_stride.bit_length() - 1
 
     def widths(self, base: int) -> list[int]:
         """Channels at each resolution level, from full resolution down to the latent."""

@@ -10,7 +10,7 @@ torch path, REST and batch all compute the same numbers.
     b(c) = the compact bodies wider than a fibre (the opening that erases fibres, less its
            opening by a long line), / b_scale
     a(c) = Gaussian_sigma * [w_0 (alpha d + (1 - alpha) r) + w_f f + w_t t + w_b b]
-    A(s) = alpha mean(d) + (1 - alpha) RMS(r)
+    A(s) = max of a(c) off a band of EDGE px along the edge (models.decision)
 
 Each term averages 1 on held-out normal images; the weights w are chosen by calibration
 (the self-check), alpha and sigma are graph inputs. f and t are what make the map rank
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.decision import EDGE
 from models.networks import BiGAN
 
 MARGIN = 16  # reflected context around the image: the convs' zero padding falls outside it
@@ -45,12 +46,31 @@ DEFAULT_FIBRE_SCALE = 4.0  # px: for a model that recorded none (the synthetic c
 NETWORK_REACH = 8  # latent cells: more than E, G and D see around a cell together
 
 
+def skipped_terms(weights: list[float]) -> set[str]:
+    """The hand-made terms (f, t, b) that weights (w_0, w_f, w_t, w_b) give nothing: an
+    exported graph leaves them out, so a model pays only for the terms it uses."""
+    return {k for k, w in zip("ftb", weights[1:], strict=True) if w == 0}
+
+
 def reach(side: int, stride: int) -> int:
     """How far (px) from a pixel its score looks: the widest morphology (the bodies' line
     opening after the opening by side, or the widest opening and statistics window), the
     networks' receptive field, and the blur. Tiles of a large image overlap by this much."""
     morphology = max((BODY_LINE + 1) * side, GRANULOMETRY[-1] * side + STAT_WINDOWS[-1])
     return max(morphology, NETWORK_REACH * stride) + BLUR_RADIUS
+
+
+def peak(score_map: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) -> (N,): the image score, the map's maximum away from a band of EDGE px
+    along the edge, as models.decision.image_decision takes it (in tensor ops, so the band
+    follows a dynamic H and W in the exported graph)."""
+    ys = torch.arange(score_map.shape[-2], device=score_map.device)
+    xs = torch.arange(score_map.shape[-1], device=score_map.device)
+    band = torch.minimum(ys[-1] // 4, xs[-1] // 4).clamp(max=EDGE)
+    rows = (ys >= band) & (ys <= ys[-1] - band)
+    cols = (xs >= band) & (xs <= xs[-1] - band)
+    inside = rows[:, None] & cols[None, :]
+    return score_map.masked_fill(~inside, float("-inf")).amax(dim=(1, 2, 3))
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -193,7 +213,7 @@ class AnomalyScorer(nn.Module):
         self.bigan = bigan
         self.stride = bigan.cfg.stride
         self.side = opening_side(fibre_scale)
-        width = bigan.discriminator.image[-2].out_channels
+        width = bigan.cfg.widths(bigan.cfg.disc_channels)[-1]
         self.features = Whitened(bigan.cfg.latent_channels + width)
         self.stats = Whitened(STAT_CHANNELS)
         self.register_buffer("r_scale", torch.tensor(float(r_scale)))
@@ -202,40 +222,53 @@ class AnomalyScorer(nn.Module):
         self.register_buffer("t_scale", torch.tensor(1.0))
         self.register_buffer("b_scale", torch.tensor(1.0))
         self.register_buffer("weights", torch.tensor([1.0, 0.0, 0.0, 0.0]))  # w_0, w_f, w_t, w_b
+        self.skipped: set[str] = set()  # of "f", "t", "b": terms left out of the graph
 
     def _pad(self, image: torch.Tensor) -> torch.Tensor:
         h, w = image.shape[-2:]
         m, s = MARGIN, self.stride
         return F.pad(image, (m, m + (-(w + 2 * m)) % s, m, m + (-(h + 2 * m)) % s), mode="reflect")
 
-    def descriptors(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Of the padded image: its opening by side (for the bodies), z = E(s), D's map, the
-        learned features [z, D's image features] on the latent grid, and the local
-        statistics on the STAT_STRIDE grid."""
-        x = self._pad(image)
+    def _networks(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Of the padded image: z = E(s), D's map, and the learned features [z, D's image
+        features] on the latent grid."""
         z = self.bigan.encoder(x)  # (N, C_z, H'/s, W'/s), H' = H + 2m rounded up to s
         disc = self.bigan.discriminator
-        seen = disc.image(x)
-        dmap = disc.joint(torch.cat([seen, disc.latent(z)], dim=1))  # (N, 1, H'/s, W'/s)
-        openings = granulometry(x, self.side)
-        stats = local_stats(x, openings, self.side)
-        return openings[0], z, dmap, torch.cat([z, seen], dim=1), stats
+        levels = disc.features(x)
+        dmap = disc.decode(levels, z)  # (N, 1, H'/t, W'/t), t = disc_stride
+        return z, dmap, torch.cat([z, levels[-1]], dim=1)
+
+    def descriptors(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the normal Gaussians are fitted on: the learned features on the latent grid
+        and the local statistics on the STAT_STRIDE grid, of the padded image."""
+        x = self._pad(image)
+        return self._networks(x)[2], local_stats(x, granulometry(x, self.side), self.side)
 
     def _full(self, grid: torch.Tensor, h: int, w: int, stride: int) -> torch.Tensor:
         m = MARGIN
         return F.interpolate(grid, scale_factor=stride, mode="bilinear")[..., m : m + h, m : m + w]
 
     def terms(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Calibrated d, r, f, t and b maps (N, 1, H, W) and the reconstruction (N, 1, H, W)."""
+        """Calibrated d, r, f, t and b maps (N, 1, H, W) and the reconstruction (N, 1, H, W).
+        A term in `skipped` is not computed (zeros): the exported graph of a model whose
+        calibration gave it no weight does not pay for it."""
         h, w = image.shape[-2:]
         m = MARGIN
-        wide, z, dmap, feats, stats = self.descriptors(image)
+        x = self._pad(image)
+        z, dmap, feats = self._networks(x)
         recon = self.bigan.generator(z)[..., m : m + h, m : m + w]
-        d = self._full((dmap - 1) ** 2, h, w, self.stride) / self.d_scale
+        d = self._full((dmap - 1) ** 2, h, w, self.bigan.cfg.disc_stride) / self.d_scale
         r = (recon - image).abs() / self.r_scale
-        f = self._full(self.features(feats), h, w, self.stride) / self.f_scale
-        t = self._full(self.stats(stats), h, w, STAT_STRIDE) / self.t_scale
-        b = bodies(wide, self.side)[..., m : m + h, m : m + w] / self.b_scale
+        f, t, b = (torch.zeros_like(d) for _ in "ftb")  # three outputs, three tensors
+        if "f" not in self.skipped:
+            f = self._full(self.features(feats), h, w, self.stride) / self.f_scale
+        if not {"t", "b"} <= self.skipped:
+            openings = granulometry(x, self.side)
+            if "t" not in self.skipped:
+                stats = local_stats(x, openings, self.side)
+                t = self._full(self.stats(stats), h, w, STAT_STRIDE) / self.t_scale
+            if "b" not in self.skipped:
+                b = bodies(openings[0], self.side)[..., m : m + h, m : m + w] / self.b_scale
         return d, r, f, t, b, recon
 
     def forward(self, image: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor):
@@ -244,8 +277,7 @@ class AnomalyScorer(nn.Module):
         w = self.weights
         mixed = w[0] * (alpha * d + (1 - alpha) * r) + w[1] * f + w[2] * t + w[3] * b
         score_map = gaussian_blur(mixed, sigma)
-        score = alpha * d.mean(dim=(1, 2, 3)) + (1 - alpha) * r.pow(2).mean(dim=(1, 2, 3)).sqrt()
-        return score_map, score, recon, d, f, t, b
+        return score_map, peak(score_map), recon, d, f, t, b
 
 
 @torch.no_grad()
@@ -255,7 +287,7 @@ def fit_normal(scorer: AnomalyScorer, images: list[torch.Tensor], max_cells: int
     feats, stats = [], []
     for image in images:
         h, w = image.shape[-2:]
-        _, _, _, f, t = scorer.descriptors(image)
+        f, t = scorer.descriptors(image)
         feats.append(_inside(f, h, w, scorer.stride))
         stats.append(_inside(t, h, w, STAT_STRIDE))
     for term, cells in ((scorer.features, torch.cat(feats)), (scorer.stats, torch.cat(stats))):

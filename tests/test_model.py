@@ -6,6 +6,7 @@ import torch
 from scipy import ndimage as ndi
 
 from models.config import ModelConfig
+from models.decision import image_decision
 from models.networks import BiGAN
 from models.scoring import (
     BLUR_RADIUS,
@@ -45,18 +46,28 @@ def test_networks_follow_the_stride_contract():
     z = bigan.encoder(x)
     assert z.shape == (3, CFG.latent_channels, 6, 10)
     assert bigan.generator(z).shape == x.shape
-    assert bigan.discriminator(x, z).shape == (3, 1, 6, 10)
+    assert bigan.discriminator(x, z).shape == (3, 1, 12, 20)  # 1/disc_stride: 1/4
+    coarse = BiGAN(ModelConfig(channels=8, latent_channels=4, disc_channels=8, disc_stride=8))
+    assert coarse.discriminator(x, coarse.encoder(x)).shape == (3, 1, 6, 10)
 
 
-def test_score_is_the_design_formula():
+@pytest.mark.parametrize("disc_stride", [0, 3, 16])
+def test_config_refuses_a_disc_stride_that_is_no_level(disc_stride):
+    with pytest.raises(ValueError, match="disc_stride"):
+        ModelConfig(disc_stride=disc_stride)
+
+
+@pytest.mark.parametrize("h,w", [(40, 56), (200, 130)])
+def test_score_is_the_design_formula_and_its_peak_the_image_score(h, w):
     scorer = AnomalyScorer(BiGAN(CFG), r_scale=0.2, d_scale=3.0).eval()
-    x = torch.rand(2, 1, 40, 56)
+    x = torch.rand(2, 1, h, w)
     with torch.no_grad():
         d, r, _, _, _, recon = scorer.terms(x)
-        _, score, recon2, d2, *_ = scorer(x, torch.tensor(0.3), torch.tensor(1.0))
+        smap, score, recon2, d2, *_ = scorer(x, torch.tensor(0.3), torch.tensor(0.0))
     assert torch.allclose(r, (recon - x).abs() / 0.2)
-    expected = 0.3 * d.mean(dim=(1, 2, 3)) + 0.7 * r.pow(2).mean(dim=(1, 2, 3)).sqrt()
-    assert torch.allclose(score, expected, rtol=1e-5)
+    assert torch.allclose(smap, 0.3 * d + 0.7 * r, rtol=1e-5, atol=1e-6)  # w = 1, 0, 0, 0
+    expected = [image_decision(smap[i, 0].numpy()) for i in range(2)]
+    assert np.allclose(score.numpy(), expected)
     assert torch.equal(recon, recon2) and torch.equal(d, d2)
 
 
@@ -91,7 +102,7 @@ def test_fitted_terms_light_up_what_normal_images_never_show():
         fit_normal(scorer, fitted)
         lo, hi = 2, 2 + 128 // 8  # latent cells inside the image, past the reflected margin
         on_fit = [
-            scorer.features(scorer.descriptors(x)[3])[..., lo:hi, lo:hi].mean() for x in fitted
+            scorer.features(scorer.descriptors(x)[0])[..., lo:hi, lo:hi].mean() for x in fitted
         ]
         odd = image.clone()
         odd[..., 40:80, 40:80] = 0.45

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from models.decision import EDGE, image_decision
 from models.detector import Detector
 from models.errors import ArtifactError, DataError, NanoinspectError
 from models.scale import resample, to_scale
+from models.scoring import skipped_terms
 from training import metrics, selfcheck
 from training.selfcheck import Choice, Labelled
 
@@ -70,11 +72,12 @@ def calibrate_in_place(
 
 def write_artifact(model: onnx.ModelProto, meta: ArtifactMeta, path: Path) -> None:
     """Set the scale and weight initializers and the metadata from meta, then replace path
-    atomically."""
+    atomically. A term left out of the graph (models.scoring: no weight) has no scale."""
     values = {name: getattr(meta, name) for name in SCALES} | {"weights": meta.term_weights}
     inits = {i.name: i for i in model.graph.initializer if i.name in values}
-    if len(inits) != len(values):
-        raise ArtifactError(f"{path}: the graph lacks the calibration initializers {list(values)}")
+    absent = set(values) - set(inits) - {f"{k}_scale" for k in skipped_terms(meta.term_weights)}
+    if absent:
+        raise ArtifactError(f"{path}: the graph lacks the calibration initializers {absent}")
     for name, init in inits.items():
         init.CopyFrom(numpy_helper.from_array(np.asarray(values[name], np.float32), name))
     del model.metadata_props[:]
@@ -100,6 +103,20 @@ def _zoomed(sample: Labelled, scale: float) -> Labelled:
 
 def _mix(choice: Choice, terms: dict[str, np.ndarray]) -> np.ndarray:
     return selfcheck.blur(selfcheck.mix(choice.weights, choice.alpha, terms), choice.sigma)
+
+
+def families(tried: list[Choice]) -> dict[str, dict]:
+    """The self-check's best choice with the formula alone (w = 1, 0, 0, 0), with each of
+    its terms alone (d: alpha 1, r: alpha 0) and with the hand-made terms alone (w_0 = 0):
+    what the ablation scores the same networks by."""
+    formula = [c for c in tried if c.weights == (1.0, 0.0, 0.0, 0.0)]
+    pick = {
+        "formula": formula,
+        "d": [c for c in formula if c.alpha == 1.0],
+        "r": [c for c in formula if c.alpha == 0.0],
+        "handmade": [c for c in tried if c.weights[0] == 0.0],
+    }
+    return {k: asdict(max(v, key=lambda c: c.quality)) for k, v in pick.items() if v}
 
 
 def calibrate(
@@ -166,6 +183,7 @@ def calibrate(
             "pass_pixel_auroc": selfcheck.PASS_PIXEL_AUROC,
         },
         "candidates": len(tried),
+        "families": families(tried),
         "decision": f"max of the score map, {EDGE} px edge band left out",
     }
     if labelled:

@@ -18,10 +18,12 @@ class TrainConfig:
     patch_size: int = 96  # side of the random square patches trained on
     batch_size: int = 16
     lr: float = 2e-4
+    lr_d: float = 8e-4  # D's: it learns the GAN game and the defect map at once (TTUR)
     beta1: float = 0.5  # Adam betas as in DCGAN/BiGAN
     beta2: float = 0.999
     lambda_rec: float = 10.0  # weight of |G(E(s)) - s| against the adversarial terms
     corrupt_prob: float = 0.5  # share of patches E+G must restore from generic corruptions
+    lambda_seg: float = 1.0  # weight of D's map of the corruptions against its GAN loss
     max_steps: int = 1_000_000  # in practice the time budget ends training
     max_minutes: float = 10.0  # the training budget, wall clock
     checkpoint_every: int = 2000  # steps; each checkpoint is ranked by the self-check

@@ -1,8 +1,16 @@
-"""Generic self-supervised corruptions of normal patches (as in DRAEM's reconstructive
-network): blobs of smooth random shape where the image is replaced by a flat grey, a
-blurred copy, or another patch's texture. The reconstruction target stays the clean patch,
-so G(E(.)) learns to restore the normal mat and its residual lights up whatever is not.
-The shapes come from thresholded smooth noise: nothing here is drawn like a real defect.
+"""Self-supervised corruptions of normal patches, the training family of synthetic defects:
+blobs of smooth random shape (thresholded smooth noise at a coarse, middle or fine grain,
+so a blob spans from a few fibre widths to half a patch) where the image is replaced by a
+flat level brighter than the voids, a blurred and lifted copy, its own negative, itself
+brightened, or itself with noise. Each is visible wherever it falls: D is asked to mark
+every one, and a fill that can look like normal mat (another patch's texture, a grey as
+dark as a void) taught it to guess.
+
+Two networks learn from them (as DRAEM's two do): G(E(.)) restores the clean patch, so its
+residual lights up what is not normal mat, and D is asked for 0 on the corrupted cells and
+1 elsewhere, so (D - 1)^2 maps defects. The self-check pastes another family (ellipses,
+strokes, polygons, scatters of small bodies: training/selfcheck.py), so passing it is not
+the training task.
 """
 
 from __future__ import annotations
@@ -10,24 +18,39 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+GRAINS = (32, 16, 8)  # px per noise cell: coarse, middle and fine blobs
+FILLS = 5  # flat, blurred, inverted, brightened, noisy: each visible on any mat
 
-def corrupt(x: torch.Tensor, prob: float, g: torch.Generator) -> torch.Tensor:
-    """x (B, 1, P, P) in [0, 1] -> a copy with random blobs replaced in a share `prob` of it."""
-    b, _, p, _ = x.shape
-    cells = max(p // 16, 2)
-    noise = torch.rand(b, 1, cells, cells, generator=g)
-    field = F.interpolate(noise, size=(p, p), mode="bicubic", align_corners=False)
-    area = 0.02 + 0.2 * torch.rand(b, 1, 1, 1, generator=g)  # share of the patch covered
-    rank = ((1 - area.view(b, 1)) * (p * p - 1)).long()
+
+def _blobs(b: int, p: int, g: torch.Generator) -> torch.Tensor:
+    """(B, 1, P, P) masks of thresholded smooth noise covering 2-22 % of each patch."""
+    grain = torch.tensor(GRAINS)[torch.randint(len(GRAINS), (b,), generator=g)]
+    masks = []
+    for cell in grain.tolist():
+        cells = max(p // cell, 2)
+        noise = torch.rand(1, 1, cells, cells, generator=g)
+        masks.append(F.interpolate(noise, size=(p, p), mode="bicubic", align_corners=False))
+    field = torch.cat(masks)
+    area = 0.02 + 0.2 * torch.rand(b, 1, generator=g)  # share of the patch covered
+    rank = ((1 - area) * (p * p - 1)).long()
     level = field.flatten(1).sort(dim=1).values.gather(1, rank).view(b, 1, 1, 1)
-    mask = (field > level).float()
-    mask = mask * (torch.rand(b, 1, 1, 1, generator=g) < prob).float()
-    grey = torch.rand(b, 1, 1, 1, generator=g).expand_as(x)
-    blurred = F.avg_pool2d(F.pad(x, (4, 4, 4, 4), mode="reflect"), 9, stride=1)
-    other = torch.rot90(x.roll(1, dims=0), 1, dims=(2, 3)) * (
-        0.5 + torch.rand(b, 1, 1, 1, generator=g)
-    )
-    kind = torch.randint(0, 3, (b, 1, 1, 1), generator=g)
-    fill = torch.where(kind == 0, grey, torch.where(kind == 1, blurred, other.clamp(0, 1)))
-    opacity = 0.4 + 0.6 * torch.rand(b, 1, 1, 1, generator=g)
-    return x + (fill - x) * mask * opacity
+    return (field > level).float()
+
+
+def corrupt(x: torch.Tensor, prob: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (B, 1, P, P) in [0, 1] -> (a copy with a blob replaced in a share `prob` of the
+    patches, the blobs' masks (B, 1, P, P), zero where nothing was changed)."""
+    b, _, p, _ = x.shape
+    mask = _blobs(b, p, g) * (torch.rand(b, 1, 1, 1, generator=g) < prob).float()
+    u = torch.rand(b, 5, 1, 1, generator=g)
+    flat = (0.3 + 0.6 * u[:, :1]).expand_as(x)  # brighter than a void: a membrane, a blob
+    blurred = F.avg_pool2d(F.pad(x, (6, 6, 6, 6), mode="reflect"), 13, stride=1) + 0.2
+    inverted = 1 - x  # a foreign texture: dark lines on a bright ground
+    brighter = x * (1.2 + 0.8 * u[:, 1:2]) + 0.2
+    noisy = x + (0.2 + 0.2 * u[:, 2:3]) * torch.randn(x.shape, generator=g)
+    kind = torch.randint(0, FILLS, (b, 1, 1, 1), generator=g)
+    fill = torch.stack([flat, blurred, inverted, brighter, noisy]).gather(
+        0, kind[None].expand(1, *x.shape)
+    )[0]
+    opacity = 0.7 + 0.3 * torch.rand(b, 1, 1, 1, generator=g)
+    return x + (fill.clamp(0, 1) - x) * mask * opacity, mask

@@ -23,8 +23,8 @@ from models.errors import NanoinspectError
 from models.networks import BiGAN
 from models.phase import for_export, restore
 from models.scale import to_scale
-from models.scoring import SIGMA_MAX, AnomalyScorer, fit_normal, reach
-from training.calibrate import calibrate, check_settings, write_artifact
+from models.scoring import SIGMA_MAX, AnomalyScorer, fit_normal, reach, skipped_terms
+from training.calibrate import SCALES, calibrate, check_settings, write_artifact
 from training.data import find_dataset, load_images, load_mask
 from training.provenance import code_version
 from training.selfcheck import Labelled
@@ -37,6 +37,7 @@ FP16_RTOL, FP16_ATOL = 1e-2, 1e-2  # fp16 graph vs fp32 graph, both on onnxrunti
 FP32_OPS = ["Range", "Exp", "ReduceSum", "ReduceMean", "Pow", "Sqrt", "Resize"]
 FP32_WEIGHTS = ("features.weight", "stats.weight")  # and the convolutions that use them
 DEFAULT_SIGMA, DEFAULT_MIN_AREA = 2.0, 16  # sigma: only for the parity check
+TERM_STATE = {"f": "features", "t": "stats", "b": "b_scale"}  # what a left-out term drops
 
 
 class ParityError(NanoinspectError):
@@ -171,13 +172,33 @@ def scorer_from_artifact(path: Path) -> tuple[AnomalyScorer, ArtifactMeta]:
     meta = ArtifactMeta.from_props({p.key: p.value for p in model.metadata_props}, str(path))
     cfg = ModelConfig.from_dict(meta.model_config)
     scorer = AnomalyScorer(BiGAN(cfg), fibre_scale=meta.fibre_scale).eval()
+    scorer.skipped = skipped_terms(meta.term_weights)
     weights = {
         i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer
     }
     for name in [k for k in weights if k.endswith(".up_weight")]:  # a phase-space graph
         weights = restore(weights, name.removesuffix("up_weight"))
-    scorer.load_state_dict(weights, strict=True)
+    missing, unexpected = scorer.load_state_dict(weights, strict=False)
+    left_out = {TERM_STATE[k] for k in scorer.skipped} | {f"{k}_scale" for k in scorer.skipped}
+    if unexpected or not {k.split(".")[0] for k in missing} <= left_out:
+        raise NanoinspectError(f"{path}: its weights do not fit this code's graph")
     return scorer, meta
+
+
+def prune(scorer: AnomalyScorer, meta: ArtifactMeta, path: Path) -> float:
+    """Rewrite the calibrated graph at path without the hand-made terms its weights leave
+    out (their outputs become zeros; the score map is unchanged, their weight being 0);
+    returns the parity error of the new graph."""
+    scorer.skipped = skipped_terms(meta.term_weights)
+    if not scorer.skipped:
+        return 0.0
+    for name in SCALES:
+        getattr(scorer, name).fill_(getattr(meta, name))
+    scorer.weights.copy_(torch.tensor(meta.term_weights))
+    write_graph(scorer, path, meta.sigma)
+    write_artifact(onnx.load(path), meta, path)
+    images = [np.random.default_rng(i).random((256, 256), dtype=np.float32) for i in range(2)]
+    return check_parity(scorer, path, images)
 
 
 def reexport(src: Path, out: Path) -> float:
@@ -264,6 +285,7 @@ def export(
         write_artifact(onnx.load(tmp), meta, tmp)
         parity = check_parity(scorer, tmp, [*normals, *(s.image for s in labelled)])
         meta = calibrate(tmp, normals, labelled, alpha=alpha)
+        parity = max(parity, prune(scorer, meta, tmp))
         onnx.checker.check_model(onnx.load(tmp), full_check=True)
     return meta, parity
 

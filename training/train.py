@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -36,8 +35,8 @@ from training import selfcheck
 from training.config import TrainConfig, config_dict
 from training.corrupt import corrupt
 from training.data import PatchSampler, Sample, find_dataset, load_training_images, split_holdout
-from training.losses import discriminator_loss, encoder_generator_loss
 from training.signals import StopSignals
+from training.step import EncoderGenerator, optimise
 
 CHECKPOINTS = "checkpoints"
 BEST = "best.pt"
@@ -48,22 +47,6 @@ FEW_HELD_OUT = 3  # fewer held-out normals than this: calibration's thresholds a
 
 class TrainingDiverged(NanoinspectError):
     code = "diverged"
-
-
-class EncoderGenerator(nn.Module):
-    """E and G as one module so DistributedDataParallel sees one forward per backward.
-
-    x feeds the adversarial pair (x, E(x)); x_in, a corrupted copy of x or x itself, is
-    what G(E(.)) must restore to x."""
-
-    def __init__(self, bigan: BiGAN):
-        super().__init__()
-        self.encoder, self.generator = bigan.encoder, bigan.generator
-
-    def forward(self, x: torch.Tensor, x_in: torch.Tensor, z_prior: torch.Tensor):
-        z = self.encoder(x)
-        z_in = z if x_in is x else self.encoder(x_in)
-        return z, self.generator(z_in), self.generator(z_prior)
 
 
 def pick_device(name: str) -> torch.device:
@@ -236,7 +219,7 @@ def train(
     torch.manual_seed(seed)
     # channels-last: 1.4-1.75x the steps/s on a 2-core CPU (tests/bench/bench_train.py)
     bigan = BiGAN(model_cfg).to(dev, memory_format=torch.channels_last)
-    opt_d = torch.optim.Adam(bigan.discriminator.parameters(), cfg.lr, (cfg.beta1, cfg.beta2))
+    opt_d = torch.optim.Adam(bigan.discriminator.parameters(), cfg.lr_d, (cfg.beta1, cfg.beta2))
     eg_params = [*bigan.encoder.parameters(), *bigan.generator.parameters()]
     opt_eg = torch.optim.Adam(eg_params, cfg.lr, (cfg.beta1, cfg.beta2))
     start = 0
@@ -325,27 +308,18 @@ def train(
             int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
         )
         x = sampler.batch(step, cfg.batch_size, rank=rank)  # (B, 1, P, P)
-        x_in = corrupt(x, cfg.corrupt_prob, g).to(dev) if cfg.corrupt_prob > 0 else None
+        x_in, mask = corrupt(x, cfg.corrupt_prob, g) if cfg.corrupt_prob > 0 else (None, None)
         x = x.to(dev)
         z_prior = torch.randn(
             cfg.batch_size, model_cfg.latent_channels, latent, latent, generator=g
         ).to(dev)
-        with autocast:
-            z, recon, fake = eg(x, x if x_in is None else x_in, z_prior)
-            d_out = disc(torch.cat([x, fake.detach()]), torch.cat([z.detach(), z_prior]))
-            loss_d = discriminator_loss(*d_out.float().chunk(2))
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        with autocast:
-            d_out = disc(torch.cat([x, fake]), torch.cat([z, z_prior]))
-            d_real, d_fake = d_out.float().chunk(2)
-            loss_eg, rec = encoder_generator_loss(d_real, d_fake, recon.float(), x, cfg.lambda_rec)
-        opt_eg.zero_grad(set_to_none=True)
-        loss_eg.backward()
-        opt_eg.step()
-
-        losses = {"loss_d": loss_d.item(), "loss_eg": loss_eg.item(), "rec": rec.item()}
+        if x_in is not None:
+            x_in, mask = x_in.to(dev), mask.to(dev)
+        batch = (x, x_in, mask, z_prior)
+        losses = {
+            k: v.item()
+            for k, v in optimise(eg, disc, (opt_d, opt_eg), batch, cfg, autocast).items()
+        }
         if not all(math.isfinite(v) for v in losses.values()):
             kept = f"last good checkpoint {path}" if path else "no checkpoint written yet"
             raise TrainingDiverged(f"training diverged at step {step}: {losses}; {kept}")

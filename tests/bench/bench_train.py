@@ -9,6 +9,7 @@ torch with scales taken on held-out normal images, alpha 0.5, sigma 4).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from dataclasses import replace
@@ -26,8 +27,7 @@ def step_fn(model_cfg, cfg, channels_last: bool):
 
     from models.networks import BiGAN
     from training.corrupt import corrupt
-    from training.losses import discriminator_loss, encoder_generator_loss
-    from training.train import EncoderGenerator
+    from training.step import EncoderGenerator, optimise
 
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -38,23 +38,16 @@ def step_fn(model_cfg, cfg, channels_last: bool):
     p, lat = cfg.patch_size, cfg.patch_size // model_cfg.stride
     g = torch.Generator().manual_seed(0)
     x = torch.rand(cfg.batch_size, 1, p, p, generator=g)
-    x_in = corrupt(x, cfg.corrupt_prob, g).contiguous(memory_format=fmt)
-    x = x.contiguous(memory_format=fmt)
-    z_prior = torch.randn(cfg.batch_size, model_cfg.latent_channels, lat, lat, generator=g)
+    x_in, mask = corrupt(x, cfg.corrupt_prob, g)
+    batch = (
+        x.contiguous(memory_format=fmt),
+        x_in.contiguous(memory_format=fmt),
+        mask,
+        torch.randn(cfg.batch_size, model_cfg.latent_channels, lat, lat, generator=g),
+    )
 
     def step() -> None:
-        z, recon, fake = eg(x, x_in, z_prior)
-        loss_d = discriminator_loss(
-            *disc(torch.cat([x, fake.detach()]), torch.cat([z.detach(), z_prior])).chunk(2)
-        )
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        d_real, d_fake = disc(torch.cat([x, fake]), torch.cat([z, z_prior])).chunk(2)
-        loss_eg, _ = encoder_generator_loss(d_real, d_fake, recon, x, cfg.lambda_rec)
-        opt_eg.zero_grad(set_to_none=True)
-        loss_eg.backward()
-        opt_eg.step()
+        optimise(eg, disc, (opt_d, opt_eg), batch, cfg, contextlib.nullcontext())
 
     return step
 

@@ -1,0 +1,60 @@
+"""The training family of synthetic defects, and D learning to map them."""
+
+import torch
+
+from models.config import ModelConfig
+from models.networks import BiGAN
+from training.corrupt import corrupt
+from training.losses import segmentation_loss
+
+
+def test_the_mask_covers_every_changed_pixel_and_only_corrupted_patches():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(32, 1, 96, 96, generator=g) * 0.6 + 0.1  # no fill can equal it by chance
+    x_in, mask = corrupt(x, 0.5, g)
+    changed = (x_in - x).abs() > 1e-6
+    assert not (changed & (mask == 0)).any()
+    share = mask.mean(dim=(1, 2, 3))
+    assert ((share == 0) | ((share > 0.01) & (share < 0.25))).all()
+    assert 0 < (share > 0).sum() < 32  # about half the patches
+    clean_in, clean_mask = corrupt(x, 0.0, g)
+    assert torch.equal(clean_in, x) and not clean_mask.any()
+
+
+def test_segmentation_loss_is_lowest_for_the_map_that_marks_the_blobs():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(8, 1, 96, 96, generator=g)
+    _, mask = corrupt(x, 1.0, g)
+    truth = 1 - torch.nn.functional.avg_pool2d(mask, 2)
+    assert segmentation_loss(truth, mask) < 1e-12
+    assert segmentation_loss(torch.ones_like(truth), mask) > 0.2  # blind to the blobs
+    assert segmentation_loss(truth.flip(-1), mask) > segmentation_loss(truth, mask)
+
+
+def test_d_learns_to_mark_pasted_blobs_on_patches_it_never_saw():
+    """A few hundred steps of D's segmentation task alone: on fresh patches, (D - 1)^2 is
+    higher inside the corrupted blobs than outside."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(channels=8, latent_channels=4, disc_channels=8)
+    bigan = BiGAN(cfg)
+    opt = torch.optim.Adam(bigan.discriminator.parameters(), 2e-3)
+    g = torch.Generator().manual_seed(2)
+
+    def patches(n: int) -> torch.Tensor:  # a striped "mat": smooth, regular texture
+        yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+        phase = torch.rand(n, 1, 1, 1, generator=g) * 6.3
+        return (0.5 + 0.3 * torch.sin(xx / 2 + yy / 3 + phase)).expand(n, 1, 48, 48)
+
+    for _ in range(150):
+        x_in, mask = corrupt(patches(16), 1.0, g)
+        with torch.no_grad():
+            z = bigan.encoder(x_in)
+        loss = segmentation_loss(bigan.discriminator(x_in, z), mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x_in, mask = corrupt(patches(16), 1.0, g)
+    with torch.no_grad():
+        d = (bigan.discriminator(x_in, bigan.encoder(x_in)) - 1) ** 2
+    inside = torch.nn.functional.avg_pool2d(mask, 2) > 0.5
+    assert d[inside].mean() > 3 * d[~inside].mean()
