@@ -25,6 +25,7 @@ from models.atomic import replacing
 from models.decision import EDGE, image_decision
 from models.detector import Detector
 from models.errors import ArtifactError, DataError, NanoinspectError
+from models.ood import NormalModel
 from models.scale import resample, to_scale
 from training import metrics, selfcheck
 from training.selfcheck import Choice, Labelled
@@ -33,6 +34,9 @@ PIXEL_FPR = 0.005  # share of normal pixels above gamma (before min_area)
 IMAGE_FPR = 0.05  # share of normal images above tau
 SCALES = ("d_scale", "r_scale", "f_scale", "t_scale", "b_scale")
 CHECK_NORMALS = 12  # held-out normals the self-check pastes into (3 images each): enough to rank
+# the overrides the server has calibrated thresholds for (others get a note that they have not)
+OVERRIDE_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+OVERRIDE_SIGMAS = (0.0, 1.0, 2.0, 4.0, 8.0)
 
 
 def check_settings(
@@ -100,6 +104,32 @@ def _zoomed(sample: Labelled, scale: float) -> Labelled:
 
 def _mix(choice: Choice, terms: dict[str, np.ndarray]) -> np.ndarray:
     return selfcheck.blur(selfcheck.mix(choice.weights, choice.alpha, terms), choice.sigma)
+
+
+def _blurred(x: np.ndarray, sigma: float) -> np.ndarray:
+    return x if sigma == 0 else selfcheck.blur(x, sigma)
+
+
+def override_thresholds(
+    weights: tuple[float, ...],
+    clean: list[dict[str, np.ndarray]],
+    sigma_max: float,
+    pixel_fpr: float,
+    image_fpr: float,
+) -> list[list[float]]:
+    """[alpha, sigma, gamma, tau] per point of OVERRIDE_ALPHAS x OVERRIDE_SIGMAS (up to
+    sigma_max), each pair at the target false-positive rates on the clean normals, as the
+    label-free pair is set: an overridden alpha or sigma keeps a normal image normal."""
+    table = []
+    for sigma in (s for s in OVERRIDE_SIGMAS if s <= sigma_max):
+        blurred = [{k: _blurred(c[k], sigma) for k in selfcheck.TERMS} for c in clean]
+        for alpha in OVERRIDE_ALPHAS:
+            maps = [selfcheck.mix(weights, alpha, b) for b in blurred]
+            gamma = float(np.quantile(np.concatenate([m.ravel() for m in maps]), 1 - pixel_fpr))
+            scores = [image_decision(m) for m in maps]
+            tau = float(np.quantile(scores, 1 - image_fpr, method="higher"))
+            table.append([alpha, sigma, gamma, tau])
+    return table
 
 
 def calibrate(
@@ -185,7 +215,10 @@ def calibrate(
         tau = float(np.quantile([image_decision(m) for m in maps], 1 - image_fpr, method="higher"))
         calibration |= {"method": "target_fpr", "pixel_fpr": pixel_fpr, "image_fpr": image_fpr}
     calibration["at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    calibration["override_thresholds"] = "target_fpr on the clean normals, per (alpha, sigma)"
     meta = meta.with_(
+        normal_model=NormalModel.fit(normals).to_dict(),
+        thresholds=override_thresholds(best.weights, clean, meta.sigma_max, pixel_fpr, image_fpr),
         alpha=best.alpha,
         sigma=best.sigma,
         term_weights=list(best.weights),

@@ -21,12 +21,11 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def _summary(kind_masks, kind_maps, kind_decisions, kind_scores, kind_labels, kind_pred) -> dict:
+def _summary(kind_masks, kind_maps, kind_scores, kind_labels, kind_pred) -> dict:
     labels = np.array(kind_labels)
     out = {
         "images": len(kind_labels),
-        "image_auroc": metrics.auroc(labels, np.array(kind_decisions)),  # what decides
-        "image_auroc_formula": metrics.auroc(labels, np.array(kind_scores)),  # the mean's
+        "image_auroc": metrics.auroc(labels, np.array(kind_scores)),  # of the score that decides
     }
     if kind_masks is not None:
         f1, iou = metrics.f1_iou(kind_pred, kind_masks)
@@ -76,7 +75,6 @@ def evaluate(
         return _summary(
             [m for _, _, _, m in selected] if has_masks else None,
             [r.score_map for _, _, r, _ in selected],
-            [r.decision for _, _, r, _ in selected],
             [r.score for _, _, r, _ in selected],
             [s.kind != "good" for s, _, _, _ in selected],
             [r.mask for _, _, r, _ in selected],
