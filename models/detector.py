@@ -411,6 +411,10 @@ def _image_notes(shape: tuple[int, int], zoom: float) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _regions(n: int) -> str:
+    return "1 region" if n == 1 else f"{n} regions"
+
+
 def _reason(score: float, tau: float, ood: str | None, regions: list[Region]) -> str:
     """One line on why the image is anomalous or normal."""
     if ood is not None:
@@ -420,10 +424,10 @@ def _reason(score: float, tau: float, ood: str | None, regions: list[Region]) ->
     why = f"normal: score {score:.4g} not above the image threshold {tau:.4g}"
     edge = [g for g in regions if not g.counts]
     if regions and len(edge) == len(regions):
-        return f"{why}; its {len(regions)} regions lie only in the edge band, which does not count"
+        return f"{why}; {_regions(len(regions))} only in the edge band, which does not count"
     if regions:
         return (
-            f"{why}; {len(regions)} regions above the pixel threshold ({len(edge)} only in the "
-            "edge band), no pixel above the image threshold outside the band"
+            f"{why}; {_regions(len(regions))} above the pixel threshold ({len(edge)} only in "
+            "the edge band), no pixel above the image threshold outside the band"
         )
     return why

@@ -113,23 +113,40 @@ def _blurred(x: np.ndarray, sigma: float) -> np.ndarray:
 def override_thresholds(
     weights: tuple[float, ...],
     clean: list[dict[str, np.ndarray]],
+    own: tuple[float, float, float, float],
     sigma_max: float,
-    pixel_fpr: float,
-    image_fpr: float,
 ) -> list[list[float]]:
     """[alpha, sigma, gamma, tau] per point of OVERRIDE_ALPHAS x OVERRIDE_SIGMAS (up to
-    sigma_max), each pair at the target false-positive rates on the clean normals, as the
-    label-free pair is set: an overridden alpha or sigma keeps a normal image normal."""
+    sigma_max) that stand where the model's own (alpha, sigma, gamma, tau) stands among the
+    clean normals: gamma leaves the same share of normal pixels above it, tau lies as many
+    standard deviations above the normals' mean score. So an override changes what is
+    scored, not how strict the thresholds are, whichever way the own pair was chosen."""
+    points = [(a, s) for s in OVERRIDE_SIGMAS if s <= sigma_max for a in OVERRIDE_ALPHAS]
+    maps = _override_maps(weights, clean, [*points, own[:2]])
+    pixels, scores = maps[own[:2]]
+    share = max(float(np.mean(pixels > own[2])), 1 / pixels.size)
+    z = (own[3] - scores.mean()) / max(float(scores.std()), 1e-12)
     table = []
-    for sigma in (s for s in OVERRIDE_SIGMAS if s <= sigma_max):
-        blurred = [{k: _blurred(c[k], sigma) for k in selfcheck.TERMS} for c in clean]
-        for alpha in OVERRIDE_ALPHAS:
-            maps = [selfcheck.mix(weights, alpha, b) for b in blurred]
-            gamma = float(np.quantile(np.concatenate([m.ravel() for m in maps]), 1 - pixel_fpr))
-            scores = [image_decision(m) for m in maps]
-            tau = float(np.quantile(scores, 1 - image_fpr, method="higher"))
-            table.append([alpha, sigma, gamma, tau])
+    for alpha, sigma in points:
+        pixels, scores = maps[(alpha, sigma)]
+        gamma = float(np.quantile(pixels, 1 - share))
+        table.append([alpha, sigma, gamma, float(scores.mean() + z * scores.std())])
     return table
+
+
+def _override_maps(
+    weights: tuple[float, ...], clean: list[dict[str, np.ndarray]], points: list[tuple]
+) -> dict[tuple[float, float], tuple[np.ndarray, np.ndarray]]:
+    """Per (alpha, sigma): the normals' pixels (one array) and image scores. Blurring is
+    linear, so each term is blurred once per sigma and mixed per alpha."""
+    out = {}
+    for sigma in sorted({s for _, s in points}):
+        blurred = [{k: _blurred(c[k], sigma) for k in selfcheck.TERMS} for c in clean]
+        for alpha in sorted({a for a, s in points if s == sigma}):
+            maps = [selfcheck.mix(weights, alpha, b) for b in blurred]
+            pixels = np.concatenate([m.ravel() for m in maps])
+            out[(alpha, sigma)] = pixels, np.array([image_decision(m) for m in maps])
+    return out
 
 
 def calibrate(
@@ -215,10 +232,15 @@ def calibrate(
         tau = float(np.quantile([image_decision(m) for m in maps], 1 - image_fpr, method="higher"))
         calibration |= {"method": "target_fpr", "pixel_fpr": pixel_fpr, "image_fpr": image_fpr}
     calibration["at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    calibration["override_thresholds"] = "target_fpr on the clean normals, per (alpha, sigma)"
+    calibration["override_thresholds"] = (
+        "per (alpha, sigma): the share of normal pixels above gamma and tau's standing among "
+        "the normals' scores (mean + z std) kept as at the chosen pair"
+    )
     meta = meta.with_(
         normal_model=NormalModel.fit(normals).to_dict(),
-        thresholds=override_thresholds(best.weights, clean, meta.sigma_max, pixel_fpr, image_fpr),
+        thresholds=override_thresholds(
+            best.weights, clean, (best.alpha, best.sigma, gamma, tau), meta.sigma_max
+        ),
         alpha=best.alpha,
         sigma=best.sigma,
         term_weights=list(best.weights),

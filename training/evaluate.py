@@ -1,8 +1,10 @@
-"""Evaluation of an artifact on a labelled test set: metrics.json, curves and overlays in an
-HTML report, optional per-image score maps. Runs the Detector, i.e. exactly what serves."""
+"""Evaluation of an artifact on a labelled test set: metrics.json, per-image scores.csv,
+curves and overlays in an HTML report, optional per-image score maps. Runs the Detector,
+i.e. exactly what serves."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import sys
@@ -91,8 +93,20 @@ def evaluate(
     result = _defined(result)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    _write_scores(out / "scores.csv", rows, data)
     write_report(out, result, rows)
     return result
+
+
+def _write_scores(path: Path, rows, data: Path) -> None:
+    """Per image the score and verdict every other surface gives (the ranking behind the
+    AUROC), so a person can see which images were missed."""
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["image", "kind", "score", "is_anomalous", "out_of_distribution"])
+        for s, _, r, _ in rows:
+            rel = s.path.relative_to(data) if s.path.is_relative_to(data) else s.path
+            out.writerow([rel, s.kind, repr(r.score), r.is_anomalous, r.out_of_distribution or ""])
 
 
 def _defined(value):
