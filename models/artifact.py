@@ -39,6 +39,11 @@ class ArtifactMeta:
     fibre_scale: float = 0.0  # models.scale of the training images; inputs are zoomed to it
     sample_bits: int = 16  # significant bits of the training images' 16-bit data: untagged
     # 16-bit inputs are read at this depth (models.images), as training read them
+    # models.ood.NormalModel of the held-out normals, fitted at calibration ({}: none)
+    normal_model: dict[str, Any] = field(default_factory=dict)
+    # [alpha, sigma, gamma, tau] calibrated like the model's own pair, per point of a grid of
+    # overrides, so an overridden alpha or sigma keeps thresholds meant for it ([]: none)
+    thresholds: list[list[float]] = field(default_factory=list)
     data_digest: str = ""  # sha256 of the training images
     code_version: str = ""
     created: str = ""
@@ -92,6 +97,21 @@ class ArtifactMeta:
         """The SEM banner crop the model was trained with (rows or a fraction: crop_setting):
         every surface crops its inputs the same way unless told otherwise."""
         return crop_setting(self.train_config.get("crop_bottom", 0.0))
+
+    def thresholds_for(self, alpha: float, sigma: float) -> tuple[float, float] | None:
+        """(gamma, tau) calibrated for alpha and sigma: the model's own pair at its settings,
+        else the table's, else None."""
+        if (alpha, sigma) == (self.alpha, self.sigma):
+            return self.pixel_threshold, self.image_threshold
+        for a, s, gamma, tau in self.thresholds:
+            if abs(a - alpha) < 1e-6 and abs(s - sigma) < 1e-6:
+                return gamma, tau
+        return None
+
+    def calibrated_settings(self) -> list[tuple[float, float]]:
+        """Every (alpha, sigma) with calibrated thresholds, the model's own first."""
+        table = [(a, s) for a, s, _, _ in self.thresholds if (a, s) != (self.alpha, self.sigma)]
+        return [(self.alpha, self.sigma), *table]
 
     def with_(self, **changes: Any) -> ArtifactMeta:
         return replace(self, **changes)

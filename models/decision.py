@@ -15,10 +15,16 @@ import numpy as np
 EDGE = 32  # px of the image at the model's working scale (twice the reflected margin)
 
 
-def image_decision(score_map: np.ndarray, px: float = 1.0) -> float:
-    """The maximum of score_map (H, W) inside a band of EDGE working-scale px, which is
+def edge_band(shape: tuple[int, int], px: float = 1.0) -> int:
+    """The width (map pixels) of the band left out: EDGE working-scale px, which is
     EDGE * px map pixels (px: map pixels per working-scale pixel); small maps keep at
     least half of each side."""
+    h, w = shape
+    return min(round(EDGE * px), (h - 1) // 4, (w - 1) // 4)
+
+
+def image_decision(score_map: np.ndarray, px: float = 1.0) -> float:
+    """The maximum of score_map (H, W) inside the edge band (edge_band): the image score."""
     h, w = score_map.shape
-    band = min(round(EDGE * px), (h - 1) // 4, (w - 1) // 4)
+    band = edge_band((h, w), px)
     return float(score_map[band : h - band, band : w - band].max())

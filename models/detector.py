@@ -17,12 +17,13 @@ from typing import TypeVar
 
 import numpy as np
 
+from models import ood
 from models.artifact import INPUTS, OUTPUTS, ArtifactMeta
-from models.decision import image_decision
+from models.decision import edge_band, image_decision
 from models.errors import ArtifactError, ImageError, NanoinspectError
 from models.providers import unusable
-from models.regions import Region, segment
-from models.scale import resample, to_scale
+from models.regions import Region, interior, segment
+from models.scale import LIMITS, TOLERANCE, fibre_scale, resample, to_scale
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,8 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class Result:
-    score: float  # the formula's image value: alpha mean(d) + (1 - alpha) RMS(r)
-    decision: float  # the image decision score: models.decision.image_decision, against tau
-    is_anomalous: bool
+    score: float  # the image score: image_decision of the working-scale map, against tau
+    is_anomalous: bool  # score > image_threshold, or out of distribution
     score_map: np.ndarray  # float32 (H, W)
     mask: np.ndarray  # bool (H, W): Omega
     regions: list[Region]
@@ -52,6 +52,9 @@ class Result:
     min_area: int
     tiles: int  # 1 when scored in one pass
     zoom: float = 1.0  # the image was scored zoomed by this to the training fibre scale
+    out_of_distribution: str | None = None  # why the image is unlike the training images
+    reason: str = ""  # why the answer is what it is, in one line
+    notes: tuple[str, ...] = ()  # what scoring did that a user should know
 
     @property
     def anomalous_area_fraction(self) -> float:
@@ -197,6 +200,7 @@ class Detector:
                 )
             if any(PROVIDERS[p] in GPU_PROVIDERS for p in providers):
                 log.warning("no usable GPU: scoring runs on %s", self.provider)
+        self.normals = ood.NormalModel.from_dict(self.meta.normal_model)
         self.sha256 = file_sha256(self.path)
         self.batch_size, self.batch_pixels = batch_size, batch_pixels
         self.tile, self.halo = tile - tile % self.meta.stride, self.meta.halo
@@ -277,8 +281,6 @@ class Detector:
             raise NanoinspectError(f"alpha must lie in [0, 1], not {alpha}")
         if not 0.0 <= sigma <= m.sigma_max:
             raise NanoinspectError(f"sigma must lie in [0, {m.sigma_max}], not {sigma}")
-        gamma = m.pixel_threshold if pixel_threshold is None else float(pixel_threshold)
-        tau = m.image_threshold if image_threshold is None else float(image_threshold)
         area = m.min_area if min_area is None else int(min_area)
         for img in images:
             if img.ndim != 2 or min(img.shape) < MIN_IMAGE_SIDE:
@@ -286,12 +288,13 @@ class Detector:
                     f"images must be 2-D and at least {MIN_IMAGE_SIDE} px a side, got {img.shape}"
                 )
 
-        originals = images
+        gamma, tau, calibration_notes = self.thresholds(
+            alpha, sigma, pixel_threshold, image_threshold
+        )
         zoomed = [to_scale(img, m.fibre_scale) for img in images]
-        images = [img for img, _ in zoomed]
-        maps: list[tuple[np.ndarray, float, int] | None] = [None] * len(images)
+        maps: list[tuple[np.ndarray, int] | None] = [None] * len(images)
         groups: dict[tuple[int, int], list[int]] = {}
-        for i, img in enumerate(images):
+        for i, (img, _) in enumerate(zoomed):
             if max(img.shape) > self.tile or min(img.shape) < MIN_SIDE:
                 maps[i] = self._stitched(img, alpha, sigma)
             else:
@@ -300,49 +303,85 @@ class Detector:
             n = self.per_call(shape)
             for k in range(0, len(idx), n):
                 chunk = idx[k : k + n]
-                batch = (
-                    images[chunk[0]][None, None]
-                    if len(chunk) == 1
-                    else np.stack([images[i] for i in chunk])[:, None]
-                )
-                out = self.run(batch, alpha, sigma, ("score_map", "score"))
+                batch = np.stack([zoomed[i][0] for i in chunk])[:, None]
+                out = self.run(batch, alpha, sigma, ("score_map",))
                 for j, i in enumerate(chunk):
-                    maps[i] = (out["score_map"][j, 0], float(out["score"][j]), 1)
+                    maps[i] = (out["score_map"][j, 0], 1)
 
         results = []
-        for entry, original, (_, zoom) in zip(maps, originals, zoomed, strict=True):
+        for entry, original, (work, zoom) in zip(maps, images, zoomed, strict=True):
             assert entry is not None
-            smap, score, tiles = entry
+            smap, tiles = entry
+            score = image_decision(smap)  # on the map the graph made, at the working scale
+            band = edge_band(smap.shape)
+            ood = self._ood(original, work, zoom)
             if zoom != 1.0:
                 smap = resample(smap, original.shape)
-            mask, regions = segment(smap, gamma, area)
-            decision = image_decision(smap, 1 / zoom)
+            scale_y, scale_x = smap.shape[0] / work.shape[0], smap.shape[1] / work.shape[1]
+            inside = interior(smap.shape, (round(band * scale_y), round(band * scale_x)))
+            mask, regions = segment(smap, gamma, area, inside)
             results.append(
                 Result(
-                    score,
-                    decision,
-                    decision > tau,
-                    smap,
-                    mask,
-                    regions,
-                    alpha,
-                    sigma,
-                    tau,
-                    gamma,
-                    area,
-                    tiles,
-                    zoom,
+                    score=score,
+                    is_anomalous=score > tau or ood is not None,
+                    score_map=smap,
+                    mask=mask,
+                    regions=regions,
+                    alpha=alpha,
+                    sigma=sigma,
+                    image_threshold=tau,
+                    pixel_threshold=gamma,
+                    min_area=area,
+                    tiles=tiles,
+                    zoom=zoom,
+                    out_of_distribution=ood,
+                    reason=_reason(score, tau, ood, regions),
+                    notes=(*_image_notes(original.shape, zoom), *calibration_notes),
                 )
             )
         return results
 
-    def _stitched(
-        self, image: np.ndarray, alpha: float, sigma: float
-    ) -> tuple[np.ndarray, float, int]:
+    def thresholds(
+        self, alpha: float, sigma: float, gamma: float | None, tau: float | None
+    ) -> tuple[float, float, tuple[str, ...]]:
+        """(gamma, tau) for these settings, and a note when they were not calibrated for
+        them: the calibrated pair for (alpha, sigma) (ArtifactMeta.thresholds_for), else
+        the model's own pair, said to be off."""
+        m = self.meta
+        calibrated = m.thresholds_for(alpha, sigma)
+        base = calibrated or (m.pixel_threshold, m.image_threshold)
+        pair = (base[0] if gamma is None else float(gamma), base[1] if tau is None else float(tau))
+        if calibrated is not None or (gamma is not None and tau is not None):
+            return *pair, ()
+        grid = ", ".join(f"({a:g}, {s:g})" for a, s in m.calibrated_settings())
+        return *pair, (
+            f"thresholds not calibrated for alpha {alpha:g}, sigma {sigma:g}: the model's "
+            f"were set at alpha {m.alpha:g}, sigma {m.sigma:g}; calibrated (alpha, sigma): "
+            f"{grid}; or pass image_threshold and pixel_threshold",
+        )
+
+    def _ood(self, original: np.ndarray, work: np.ndarray, zoom: float) -> str | None:
+        """Why the image is out of the training distribution, or None (models.ood)."""
+        summary = ood.summarise(work)
+        measured = fibre_scale(original)
+        reason = ood.blank_reason(summary, measured)
+        if reason is None and self.meta.fibre_scale > 0:
+            factor = self.meta.fibre_scale / measured
+            lo, hi = LIMITS
+            if not lo / TOLERANCE <= factor <= hi * TOLERANCE:
+                reason = (
+                    f"magnification outside the trained range: fibres measure {measured:.1f} px "
+                    f"against the training images' {self.meta.fibre_scale:.1f} px, beyond the "
+                    f"{lo:g}-{hi:g}x zoom the model scores at"
+                )
+        if reason is None and self.normals is not None:
+            reason = self.normals.reason(summary)
+        return reason
+
+    def _stitched(self, image: np.ndarray, alpha: float, sigma: float) -> tuple[np.ndarray, int]:
         """Score an image by parts: large ones tile by tile, small ones mirrored out to
-        MIN_SIDE; the image score comes from the terms of the parts' cores."""
+        MIN_SIDE; each part's core goes into the map."""
         smap = np.empty(image.shape, np.float32)
-        d_sum = r2_sum = 0.0
         h, w = image.shape
         padded = np.pad(image, ((0, max(MIN_SIDE - h, 0)), (0, max(MIN_SIDE - w, 0))), "symmetric")
         spans = [
@@ -352,11 +391,43 @@ class Detector:
         ]
         for (y0, y1, cy0, cy1), (x0, x1, cx0, cx1) in spans:
             tile = padded[y0:y1, x0:x1]
-            out = self.run(tile[None, None], alpha, sigma, ("score_map", "reconstruction", "d_map"))
+            out = self.run(tile[None, None], alpha, sigma, ("score_map",))
             core = (slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0))
             smap[cy0:cy1, cx0:cx1] = out["score_map"][0, 0][core]
-            r = np.abs(out["reconstruction"][0, 0][core] - tile[core]) / self.meta.r_scale
-            d_sum += float(out["d_map"][0, 0][core].sum(dtype=np.float64))
-            r2_sum += float(np.square(r, dtype=np.float64).sum())
-        n = image.size
-        return smap, alpha * d_sum / n + (1 - alpha) * math.sqrt(r2_sum / n), len(spans)
+        return smap, len(spans)
+
+
+def _image_notes(shape: tuple[int, int], zoom: float) -> tuple[str, ...]:
+    """What was done to the image before scoring that changes how far to trust it."""
+    h, w = shape
+    out = []
+    if min(h, w) < MIN_SIDE:
+        out.append(
+            f"{w}x{h} is under the {MIN_SIDE} px a side the model needs for context: "
+            "scored mirrored out to it, so the result is less reliable"
+        )
+    if zoom != 1.0:
+        out.append(f"scored zoomed {zoom:.3g}x to the training images' fibre scale")
+    return tuple(out)
+
+
+def _regions(n: int) -> str:
+    return "1 region" if n == 1 else f"{n} regions"
+
+
+def _reason(score: float, tau: float, ood: str | None, regions: list[Region]) -> str:
+    """One line on why the image is anomalous or normal."""
+    if ood is not None:
+        return f"out of distribution: {ood}"
+    if score > tau:
+        return f"score {score:.4g} above the image threshold {tau:.4g}"
+    why = f"normal: score {score:.4g} not above the image threshold {tau:.4g}"
+    edge = [g for g in regions if not g.counts]
+    if regions and len(edge) == len(regions):
+        return f"{why}; {_regions(len(regions))} only in the edge band, which does not count"
+    if regions:
+        return (
+            f"{why}; {_regions(len(regions))} above the pixel threshold ({len(edge)} only in "
+            "the edge band), no pixel above the image threshold outside the band"
+        )
+    return why

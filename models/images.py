@@ -13,7 +13,8 @@ all text at 64 MB, less than the pixels themselves may take.
 Values: 8-bit / 255; 16-bit (and 32-bit integers within 0..65535) / (2^bits - 1), where bits
 is what the TIFF declares (BitsPerSample below 16, or MaxSampleValue / SMaxSampleValue rounded
 up to whole bits: SEM detectors often write 12-bit values into 16-bit files), else the
-caller's `sample_bits` (the model's training depth, 16 by default), said in the notes; float
+caller's `sample_bits` (the model's training depth, 16 by default), said in the notes; at
+16, data whose values all lie below 4096 is read as 12-bit (DETECTOR_BITS), noted; float
 kept when already in [0, 1]; other float or integer data is min-max scaled, with a note.
 """
 
@@ -61,6 +62,9 @@ _MAGIC = (  # (prefix, offset, format, supported)
 _EIGHT_BIT_MODES = {"1", "L", "P", "PA", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX"}
 _VIA_RGB_MODES = {"CMYK", "YCbCr", "LAB", "HSV"}
 _UINT16_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+# untagged 16-bit data all below 2^12 is a 12-bit detector's: read as 16-bit it would look
+# nearly black (and a dark frame out of distribution), so it is read as 12-bit, with a note
+DETECTOR_BITS = 12
 BITS_PER_SAMPLE, MAX_SAMPLE_VALUE, S_MAX_SAMPLE_VALUE = 258, 281, 341  # TIFF tags
 
 
@@ -229,8 +233,16 @@ def _sixteen_bit(a: np.ndarray, im: Image.Image, notes: list[str], sample_bits: 
     the data exceeds it), and the depth used."""
     bits = _declared_bits(im)
     if bits is None:
-        bits = sample_bits if int(a.max(initial=0)) < 1 << sample_bits else 16
-        notes.append(f"no bit-depth tag: values scaled as {bits}-bit (/ {(1 << bits) - 1})")
+        top = int(a.max(initial=0))
+        bits = sample_bits if top < 1 << sample_bits else 16
+        if bits == 16 and top < 1 << DETECTOR_BITS:
+            bits = DETECTOR_BITS
+            notes.append(
+                f"no bit-depth tag and every value below {1 << bits}: read as {bits}-bit "
+                f"(/ {(1 << bits) - 1}), as SEM detectors write"
+            )
+        else:
+            notes.append(f"no bit-depth tag: values scaled as {bits}-bit (/ {(1 << bits) - 1})")
     grey = a.astype(np.float32) / np.float32((1 << bits) - 1)
     return np.minimum(grey, 1.0, out=grey), bits
 

@@ -19,12 +19,24 @@ class Region:
     area: int  # pixels
     peak_score: float
     mean_score: float
+    counts: bool = True  # it reaches inside the edge band, where the image score is taken
+
+
+def interior(shape: tuple[int, int], band: tuple[int, int]) -> tuple[slice, slice]:
+    """The part of a map of `shape` inside a band of (rows, cols) along its edge."""
+    (h, w), (by, bx) = shape, band
+    return slice(by, h - by), slice(bx, w - bx)
 
 
 def segment(
-    score_map: np.ndarray, threshold: float, min_area: int
+    score_map: np.ndarray,
+    threshold: float,
+    min_area: int,
+    inside: tuple[slice, slice] | None = None,
 ) -> tuple[np.ndarray, list[Region]]:
-    """Omega = score_map > threshold minus regions under min_area; regions by peak, descending."""
+    """Omega = score_map > threshold minus regions under min_area; regions by peak, descending.
+    With `inside` (the part of the map the image score looks at: interior()), a region
+    wholly outside it is marked counts=False."""
     mask = score_map > threshold
     labels, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
     if n == 0:
@@ -47,12 +59,19 @@ def segment(
     np.minimum.at(x0, label, xs)
     np.maximum.at(y1, label, ys)
     np.maximum.at(x1, label, xs)
+    if inside is None:
+        counts = np.ones(n, bool)
+    else:
+        ry, rx = inside
+        within = (ys >= ry.start) & (ys < ry.stop) & (xs >= rx.start) & (xs < rx.stop)
+        counts = np.bincount(label, weights=within, minlength=n) > 0
     regions = [
         Region(
             bbox=(int(x0[i]), int(y0[i]), int(x1[i] - x0[i] + 1), int(y1[i] - y0[i] + 1)),
             area=int(areas[i]),
             peak_score=float(peaks[i]),
             mean_score=float(means[i]),
+            counts=bool(counts[i]),
         )
         for i in np.flatnonzero(keep)
     ]

@@ -267,7 +267,7 @@ def evaluate(
     from training.evaluate import evaluate as run_evaluate
 
     result = run_evaluate(model, data, out, save_maps=save_maps, alpha=alpha)
-    keys = ("image_auroc", "image_auroc_formula", "pixel_auroc", "aupro", "pixel_f1", "pixel_iou")
+    keys = ("image_auroc", "pixel_auroc", "aupro", "pixel_f1", "pixel_iou")
     shown = {k: result[k] for k in keys if k in result}
     typer.echo(json.dumps({k: v if v is None else round(v, 4) for k, v in shown.items()}))
     typer.echo(f"report {out / 'report.html'}")
@@ -367,6 +367,13 @@ def score(
     ] = None,
     gpus_per_worker: Annotated[float, typer.Option(min=0, help="ray: GPUs per actor")] = 0.0,
     alpha: Annotated[float | None, typer.Option(help="override the model's alpha")] = None,
+    image_threshold: Annotated[
+        float | None, typer.Option(help="tau: anomalous when score > tau (default: calibrated)")
+    ] = None,
+    pixel_threshold: Annotated[
+        float | None,
+        typer.Option(help="gamma: the mask is score map > gamma (default: calibrated)"),
+    ] = None,
     crop_bottom: Annotated[
         float | None,
         typer.Option(help="banner rows (>= 1) or fraction to drop (default: as in training)"),
@@ -394,6 +401,8 @@ def score(
         workers=workers,
         kinds=kinds,
         alpha=alpha,
+        image_threshold=image_threshold,
+        pixel_threshold=pixel_threshold,
         crop_bottom=crop_bottom,
         engine=engine,  # type: ignore[arg-type]
         providers=tuple(p.strip() for p in providers.split(",") if p.strip()),

@@ -202,16 +202,14 @@ class Inspector:
             raise _overloaded(f"{self.batcher.waiting} images wait for inference")
 
     def resolve(self, params: ScoreParams, detector: Detector) -> dict[str, Any]:
-        """Overrides with the model's defaults filled in: equal settings batch together."""
+        """Overrides with the model's alpha, sigma and min_area filled in, so equal settings
+        batch together; thresholds not given stay None: the Detector picks those calibrated
+        for the alpha and sigma, or says they were not (Detector.thresholds)."""
         m = detector.meta
         given = params.overrides()
-        out = {
-            "alpha": m.alpha,
-            "sigma": m.sigma,
-            "pixel_threshold": m.pixel_threshold,
-            "image_threshold": m.image_threshold,
-            "min_area": m.min_area,
-        } | {k: v for k, v in given.items() if v is not None}
+        out = {"alpha": m.alpha, "sigma": m.sigma, "min_area": m.min_area} | {
+            k: v for k, v in given.items() if v is not None or k.endswith("_threshold")
+        }
         if out["sigma"] > m.sigma_max:
             raise ApiError(422, "invalid_parameter", f"sigma: at most {m.sigma_max} for this model")
         return out

@@ -23,7 +23,7 @@ class ScoreParams(BaseModel):
     alpha: float | None = Field(None, ge=0, le=1, description="weight of the discriminator term")
     sigma: float | None = Field(None, ge=0, le=64, description="smoothing (px), <= sigma_max")
     pixel_threshold: float | None = _threshold("gamma: Omega = score map > gamma")
-    image_threshold: float | None = _threshold("tau: anomalous when decision_score > tau")
+    image_threshold: float | None = _threshold("tau: anomalous when score > tau")
     min_area: int | None = Field(None, ge=0, le=10**9, description="smallest region (px)")
     crop_bottom: float | None = Field(
         None, ge=0, le=100_000, allow_inf_nan=False,
@@ -71,6 +71,10 @@ class RegionOut(BaseModel):
     area: int
     peak_score: float
     mean_score: float
+    counts: bool = Field(
+        description="reaches inside the edge band the score is taken from (false: only in the "
+        "band, where the graph sees reflected context, so it cannot make the image anomalous)"
+    )
 
 
 class RLE(BaseModel):
@@ -109,9 +113,15 @@ class ModelIdentity(BaseModel):
 
 class ScoreOut(BaseModel):
     filename: str | None
-    score: float = Field(description="the formula: alpha mean (D - 1)^2 + (1 - alpha) RMS residual")
-    decision_score: float = Field(description="the image decision: the map's maximum off the edge")
-    is_anomalous: bool = Field(description="decision_score > image_threshold")
+    score: float = Field(
+        description="the image score: the score map's maximum outside the edge band, at the "
+        "model's working scale (models.decision); compared with image_threshold"
+    )
+    is_anomalous: bool = Field(description="score > image_threshold, or out_of_distribution")
+    out_of_distribution: str | None = Field(
+        description="why the image is unlike the training images (then always anomalous)"
+    )
+    reason: str = Field(description="why the image is anomalous or normal, in one line")
     image_threshold: float
     pixel_threshold: float
     alpha: float
@@ -126,7 +136,10 @@ class ScoreOut(BaseModel):
     regions: list[RegionOut] = Field(description="by peak score, descending")
     mask: MaskOut | None
     heatmap: PngOut | None
-    notes: list[str] = Field(description="what decoding did, e.g. first page of a TIFF used")
+    notes: list[str] = Field(
+        description="what decoding and scoring did, e.g. first page of a TIFF used, zoomed to "
+        "the training scale, thresholds not calibrated for an overridden alpha"
+    )
     timings: Timings
     model: ModelIdentity
 
@@ -158,6 +171,12 @@ class ModelOut(ModelIdentity):
         description="weights of the BiGAN, feature, statistics and bodies terms"
     )
     calibration: dict[str, Any] = Field(description="how the settings were chosen: the self-check")
+    calibrated_settings: list[tuple[float, float]] = Field(
+        description="(alpha, sigma) overrides with thresholds calibrated for them"
+    )
+    normal_model: dict[str, Any] = Field(
+        description="the image-level model of the normals (models.ood; empty: none)"
+    )
     limits: dict[str, int | float] = Field(description="upload and batching limits")
 
 

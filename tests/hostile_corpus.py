@@ -14,6 +14,7 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.test_service_support import defect_png, encode, png_claiming
@@ -266,3 +267,82 @@ def hostile_requests() -> dict[str, RequestCase]:
         "GET score": R({}, b"", Expect(405, "method_not_allowed"), "/v1/score", "GET"),
         "unknown path": R({}, b"", Expect(404, "not_found"), "/../../etc/passwd", "GET"),
     }  # fmt: skip
+
+
+# ---- image-level cases: valid files whose content is unlike the training images ----------
+
+# What a correct answer to an image-level case is:
+#   out_of_distribution: anomalous, with out_of_distribution saying why;
+#   as_normal: scored as the normal image it was made from (its 8-bit grey PNG);
+#   zoomed: scored at the training scale (a note says so) and never anomalous without a
+#     reason (the content is a normal mat at another magnification);
+#   blurred: out_of_distribution when the model carries a model of its normals (the contrast
+#     bound catches defocus); without one the map alone decides (no claim).
+IMAGE_EXPECTATIONS = ("out_of_distribution", "as_normal", "zoomed", "blurred")
+
+
+@dataclass(frozen=True)
+class ImageCase:
+    data: bytes
+    expect: str  # one of IMAGE_EXPECTATIONS
+    filename: str = "image.png"
+
+
+def grey_png(pixels: np.ndarray) -> bytes:
+    return encode(Image.fromarray((np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8)))
+
+
+def _resized(pixels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    im = Image.fromarray(pixels.astype(np.float32), mode="F")
+    return np.asarray(im.resize((shape[1], shape[0]), Image.BILINEAR), np.float32)
+
+
+def image_level_cases(normal: np.ndarray) -> dict[str, ImageCase]:
+    """Cases made from `normal`, a grey float image (H, W) in [0, 1] of a normal mat."""
+    from scipy import ndimage as ndi
+
+    h, w = normal.shape
+    eight = np.round(normal * 255) / 255  # what the 8-bit PNG of it holds
+    rgb = np.repeat((eight * 255).astype(np.uint8)[..., None], 3, axis=2)
+    twelve = np.round(eight * 4095).astype(np.uint16)  # a 12-bit detector, no bit-depth tag
+    mirrored = np.block([[eight, eight[:, ::-1]], [eight[::-1], eight[::-1, ::-1]]])
+    C = ImageCase
+    return {
+        "black frame": C(grey_png(np.zeros((h, w))), "out_of_distribution"),
+        "white frame": C(grey_png(np.ones((h, w))), "out_of_distribution"),
+        "constant grey": C(grey_png(np.full((h, w), 0.5)), "out_of_distribution"),
+        "saturated": C(grey_png(np.minimum(eight * 4, 1)), "out_of_distribution"),
+        "pixel noise": C(
+            grey_png(np.random.default_rng(0).random((h, w))), "out_of_distribution"
+        ),
+        "6x magnification": C(
+            grey_png(_resized(eight[: h // 6, : w // 6], (h, w))), "out_of_distribution"
+        ),
+        "heavy blur": C(grey_png(ndi.gaussian_filter(eight, 8)), "blurred"),
+        "4x magnification": C(grey_png(_resized(eight[: h // 4, : w // 4], (h, w))), "zoomed"),
+        "0.25x magnification": C(
+            grey_png(_resized(np.tile(mirrored, (2, 2)), (h, w))), "zoomed"
+        ),
+        "12-bit in untagged 16-bit TIFF": C(encode(Image.fromarray(twelve), "TIFF"), "as_normal",
+                                            "image.tif"),
+        "RGB of a normal image": C(encode(Image.fromarray(rgb)), "as_normal"),
+    }  # fmt: skip
+
+
+def check_image_answer(case: ImageCase, answer: dict, normal: dict, has_normals: bool) -> None:
+    """Assert that a /v1/score answer is what the case expects; `normal` is the answer to
+    the 8-bit normal image itself."""
+    ood, notes = answer["out_of_distribution"], answer["notes"]
+    if case.expect == "out_of_distribution" or (case.expect == "blurred" and has_normals):
+        assert answer["is_anomalous"] and ood, answer
+        assert answer["reason"] == f"out of distribution: {ood}"
+    elif case.expect == "as_normal":
+        assert answer["score"] == pytest.approx(normal["score"], rel=1e-2)
+        assert (
+            answer["is_anomalous"] == normal["is_anomalous"]
+            and ood == normal["out_of_distribution"]
+        )
+    elif case.expect == "zoomed":
+        assert ood or any(n.startswith("scored zoomed") for n in notes), answer
+        assert not answer["is_anomalous"] or ood, answer
+    assert answer["reason"]

@@ -73,8 +73,14 @@ def test_rows_equal_detector_scores(scored, inputs, detector):
         assert row["error"] is None and row["model_sha256"] == detector.sha256
         assert (row["height"], row["width"]) == pixels.shape
         assert row["score"] == pytest.approx(want.score, rel=1e-6, abs=1e-9)
-        assert row["decision_score"] == pytest.approx(want.decision, rel=1e-6, abs=1e-9)
         assert row["is_anomalous"] == want.is_anomalous
+        assert row["reason"] == want.reason
+        assert row["out_of_distribution"] == want.out_of_distribution
+        assert (row["image_threshold"], row["pixel_threshold"], row["alpha"], row["sigma"]) == (
+            want.image_threshold, want.pixel_threshold, want.alpha, want.sigma,
+        )  # fmt: skip
+        decoded = load_image(row["path"])
+        assert json.loads(row["notes"]) == [*decoded.notes, *want.notes]
         assert row["anomalous_area_fraction"] == want.anomalous_area_fraction
         regions = json.loads(row["regions"])
         assert row["n_regions"] == len(regions) == len(want.regions)
@@ -100,6 +106,8 @@ def test_rows_equal_rest_service(scored, tiny_model):
             body = client.post("/v1/score", files={"file": ("x.png", data)}).json()
             assert body["score"] == pytest.approx(row["score"], rel=1e-6, abs=1e-9)
             assert body["is_anomalous"] == row["is_anomalous"]
+            assert body["reason"] == row["reason"] and body["notes"] == json.loads(row["notes"])
+            assert body["image_threshold"] == row["image_threshold"]
             assert body["anomalous_area_fraction"] == pytest.approx(row["anomalous_area_fraction"])
             regions = json.loads(row["regions"])
             assert body["regions_total"] == row["n_regions"]

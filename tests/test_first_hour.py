@@ -132,8 +132,18 @@ def test_twelve_bit_tiff_is_scaled_by_its_declared_depth(synth_data, tmp_path, t
 def test_untagged_sixteen_bit_says_which_scaling_and_follows_the_model(synth_data, tmp_path):
     png = synth_data / "test" / "bead" / "000.png"
     tiff = _twelve_bit_tiff(png, tmp_path / "bead.tif")
-    as16 = load_image(tiff)
-    assert as16.bit_depth == 16 and as16.pixels.max() < 0.07
+    default = load_image(tiff)  # a 16-bit model: all values below 4096 read as 12-bit
+    assert default.bit_depth == 12
+    assert default.notes == (
+        "no bit-depth tag and every value below 4096: read as 12-bit (/ 4095), as SEM "
+        "detectors write",
+    )
+    np.testing.assert_allclose(default.pixels, load_image(png).pixels, atol=1 / 4095)
+    values = np.asarray(Image.open(tiff)).copy()
+    values[0, 0] = 4096  # one value beyond 12 bits: the data is 16-bit
+    Image.fromarray(values).save(tmp_path / "wide.tif")
+    as16 = load_image(tmp_path / "wide.tif")
+    assert as16.bit_depth == 16 and as16.pixels[1:].max() < 0.07
     assert as16.notes == ("no bit-depth tag: values scaled as 16-bit (/ 65535)",)
     as12 = load_image(tiff, sample_bits=12)
     assert as12.notes == ("no bit-depth tag: values scaled as 12-bit (/ 4095)",)
@@ -177,7 +187,7 @@ def test_scoring_reads_untagged_data_as_the_model_was_trained(tiny_model, synth_
     result = _run("score", model, images, "--out", tmp_path / "scores", "--no-progress")
     assert result.exit_code == 0, result.output
     rows = pq.read_table(tmp_path / "scores" / "results.parquet").to_pylist()
-    assert rows[0]["decision_score"] == pytest.approx(rows[1]["decision_score"], rel=1e-2)
+    assert rows[0]["score"] == pytest.approx(rows[1]["score"], rel=1e-2)
 
     with ready_client(model) as client:
         answers = [
@@ -188,7 +198,7 @@ def test_scoring_reads_untagged_data_as_the_model_was_trained(tiny_model, synth_
         ]
     assert answers[1]["bit_depth"] == 12
     assert answers[1]["notes"] == ["no bit-depth tag: values scaled as 12-bit (/ 4095)"]
-    assert answers[0]["decision_score"] == pytest.approx(answers[1]["decision_score"], rel=1e-2)
+    assert answers[0]["score"] == pytest.approx(answers[1]["score"], rel=1e-2)
 
 
 def test_training_records_the_depth_of_its_images(synth_data, tmp_path):

@@ -17,14 +17,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
+import numpy as np
 import pytest
 
+from tests.conftest import ROOT, ready_client
 from tests.hostile_corpus import (
     MULTIPART,
     Expect,
+    check_image_answer,
     file_part,
+    grey_png,
     hostile_files,
     hostile_requests,
+    image_level_cases,
     multipart,
 )
 from tests.test_service_support import Server, defect_png, serve
@@ -140,6 +145,62 @@ def test_hostile_file(server, name):
         out = json.loads(reply.body)
         assert out["width"] >= 8 and out["height"] >= 8 and out["mask"]["format"] == "rle"
         assert out["filename"] == case.filename[:255]  # echoed as data, never used as a path
+
+
+IMAGE_CASES = list(image_level_cases(np.full((48, 48), 0.5)))  # the names only
+
+
+@pytest.fixture(scope="module")
+def normal_image(synth_data) -> np.ndarray:
+    from models.images import load_image
+
+    return load_image(synth_data / "test" / "good" / "000.png").pixels
+
+
+@pytest.mark.parametrize("name", IMAGE_CASES)
+def test_image_level_case_on_a_fresh_model(server, normal_image, name):
+    """Frames unlike the training images (tests/hostile_corpus.py: image-level cases) are
+    anomalous with a reason, or scored as what they are, by the conftest's fresh model."""
+    import json
+
+    def answer(data: bytes, filename: str) -> dict:
+        body = multipart(file_part(data, filename=filename))
+        reply = post(server, body, "/v1/score?mask_format=none")
+        assert reply.status == 200, reply.body[:300]
+        return json.loads(reply.body)
+
+    cases = image_level_cases(normal_image)
+    normal = answer(grey_png(normal_image), "normal.png")
+    model = httpx.get(f"{server.url}/v1/model").json()
+    assert model["normal_model"], "calibration fits a model of the normals"
+    check_image_answer(cases[name], answer(cases[name].data, cases[name].filename), normal, True)
+
+
+def test_image_level_cases_on_the_bundled_model(tmp_path):
+    """The same cases on models/default.onnx, made from a normal image of its domain."""
+    from models.images import load_image
+    from training.synth import write_dataset
+
+    write_dataset(
+        tmp_path, n_train=1, n_test_good=1, n_test_per_defect=0, size=(512, 352), seed=5,
+        progress=False,
+    )  # fmt: skip
+    normal_image = load_image(tmp_path / "test" / "good" / "000.png").pixels
+    cases = image_level_cases(normal_image)
+    with ready_client(ROOT / "models" / "default.onnx") as client:
+        has_normals = bool(client.get("/v1/model").json()["normal_model"])
+
+        def answer(data: bytes, filename: str) -> dict:
+            r = client.post("/v1/score?mask_format=none", files={"file": (filename, data)})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        normal = answer(grey_png(normal_image), "normal.png")
+        assert not normal["is_anomalous"], normal
+        for name, case in cases.items():
+            got = answer(case.data, case.filename)
+            assert got["reason"], name
+            check_image_answer(case, got, normal, has_normals)
 
 
 @pytest.mark.parametrize("name", list(hostile_requests()))

@@ -26,6 +26,7 @@ from models.atomic import replacing
 from models.decision import EDGE, image_decision
 from models.detector import Detector
 from models.errors import ArtifactError, DataError, NanoinspectError
+from models.ood import NormalModel
 from models.scale import resample, to_scale
 from models.scoring import skipped_terms
 from training import metrics, selfcheck
@@ -35,6 +36,9 @@ PIXEL_FPR = 0.005  # share of normal pixels above gamma (before min_area)
 IMAGE_FPR = 0.05  # share of normal images above tau
 SCALES = ("d_scale", "r_scale", "f_scale", "t_scale", "b_scale")
 CHECK_NORMALS = 12  # held-out normals the self-check pastes into (3 images each): enough to rank
+# the overrides the server has calibrated thresholds for (others get a note that they have not)
+OVERRIDE_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+OVERRIDE_SIGMAS = (0.0, 1.0, 2.0, 4.0, 8.0)
 
 
 def check_settings(
@@ -117,6 +121,49 @@ def families(tried: list[Choice]) -> dict[str, dict]:
         "handmade": [c for c in tried if c.weights[0] == 0.0],
     }
     return {k: asdict(max(v, key=lambda c: c.quality)) for k, v in pick.items() if v}
+
+
+def _blurred(x: np.ndarray, sigma: float) -> np.ndarray:
+    return x if sigma == 0 else selfcheck.blur(x, sigma)
+
+
+def override_thresholds(
+    weights: tuple[float, ...],
+    clean: list[dict[str, np.ndarray]],
+    own: tuple[float, float, float, float],
+    sigma_max: float,
+) -> list[list[float]]:
+    """[alpha, sigma, gamma, tau] per point of OVERRIDE_ALPHAS x OVERRIDE_SIGMAS (up to
+    sigma_max) that stand where the model's own (alpha, sigma, gamma, tau) stands among the
+    clean normals: gamma leaves the same share of normal pixels above it, tau lies as many
+    standard deviations above the normals' mean score. So an override changes what is
+    scored, not how strict the thresholds are, whichever way the own pair was chosen."""
+    points = [(a, s) for s in OVERRIDE_SIGMAS if s <= sigma_max for a in OVERRIDE_ALPHAS]
+    maps = _override_maps(weights, clean, [*points, own[:2]])
+    pixels, scores = maps[own[:2]]
+    share = max(float(np.mean(pixels > own[2])), 1 / pixels.size)
+    z = (own[3] - scores.mean()) / max(float(scores.std()), 1e-12)
+    table = []
+    for alpha, sigma in points:
+        pixels, scores = maps[(alpha, sigma)]
+        gamma = float(np.quantile(pixels, 1 - share))
+        table.append([alpha, sigma, gamma, float(scores.mean() + z * scores.std())])
+    return table
+
+
+def _override_maps(
+    weights: tuple[float, ...], clean: list[dict[str, np.ndarray]], points: list[tuple]
+) -> dict[tuple[float, float], tuple[np.ndarray, np.ndarray]]:
+    """Per (alpha, sigma): the normals' pixels (one array) and image scores. Blurring is
+    linear, so each term is blurred once per sigma and mixed per alpha."""
+    out = {}
+    for sigma in sorted({s for _, s in points}):
+        blurred = [{k: _blurred(c[k], sigma) for k in selfcheck.TERMS} for c in clean]
+        for alpha in sorted({a for a, s in points if s == sigma}):
+            maps = [selfcheck.mix(weights, alpha, b) for b in blurred]
+            pixels = np.concatenate([m.ravel() for m in maps])
+            out[(alpha, sigma)] = pixels, np.array([image_decision(m) for m in maps])
+    return out
 
 
 def calibrate(
@@ -203,7 +250,15 @@ def calibrate(
         tau = float(np.quantile([image_decision(m) for m in maps], 1 - image_fpr, method="higher"))
         calibration |= {"method": "target_fpr", "pixel_fpr": pixel_fpr, "image_fpr": image_fpr}
     calibration["at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    calibration["override_thresholds"] = (
+        "per (alpha, sigma): the share of normal pixels above gamma and tau's standing among "
+        "the normals' scores (mean + z std) kept as at the chosen pair"
+    )
     meta = meta.with_(
+        normal_model=NormalModel.fit(normals).to_dict(),
+        thresholds=override_thresholds(
+            best.weights, clean, (best.alpha, best.sigma, gamma, tau), meta.sigma_max
+        ),
         alpha=best.alpha,
         sigma=best.sigma,
         term_weights=list(best.weights),

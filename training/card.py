@@ -9,7 +9,7 @@ from pathlib import Path
 
 from models.detector import Detector
 
-KEYS = ("image_auroc", "image_auroc_formula", "pixel_auroc", "aupro", "pixel_f1", "pixel_iou")
+KEYS = ("image_auroc", "pixel_auroc", "aupro", "pixel_f1", "pixel_iou")
 
 
 def collect(build: Path, model: Path) -> dict:

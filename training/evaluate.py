@@ -1,8 +1,10 @@
-"""Evaluation of an artifact on a labelled test set: metrics.json, curves and overlays in an
-HTML report, optional per-image score maps. Runs the Detector, i.e. exactly what serves."""
+"""Evaluation of an artifact on a labelled test set: metrics.json, per-image scores.csv,
+curves and overlays in an HTML report, optional per-image score maps. Runs the Detector,
+i.e. exactly what serves."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import sys
@@ -21,12 +23,11 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def _summary(kind_masks, kind_maps, kind_decisions, kind_scores, kind_labels, kind_pred) -> dict:
+def _summary(kind_masks, kind_maps, kind_scores, kind_labels, kind_pred) -> dict:
     labels = np.array(kind_labels)
     out = {
         "images": len(kind_labels),
-        "image_auroc": metrics.auroc(labels, np.array(kind_decisions)),  # what decides
-        "image_auroc_formula": metrics.auroc(labels, np.array(kind_scores)),  # the mean's
+        "image_auroc": metrics.auroc(labels, np.array(kind_scores)),  # of the score that decides
     }
     if kind_masks is not None:
         f1, iou = metrics.f1_iou(kind_pred, kind_masks)
@@ -76,7 +77,6 @@ def evaluate(
         return _summary(
             [m for _, _, _, m in selected] if has_masks else None,
             [r.score_map for _, _, r, _ in selected],
-            [r.decision for _, _, r, _ in selected],
             [r.score for _, _, r, _ in selected],
             [s.kind != "good" for s, _, _, _ in selected],
             [r.mask for _, _, r, _ in selected],
@@ -93,8 +93,20 @@ def evaluate(
     result = _defined(result)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    _write_scores(out / "scores.csv", rows, data)
     write_report(out, result, rows)
     return result
+
+
+def _write_scores(path: Path, rows, data: Path) -> None:
+    """Per image the score and verdict every other surface gives (the ranking behind the
+    AUROC), so a person can see which images were missed."""
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["image", "kind", "score", "is_anomalous", "out_of_distribution"])
+        for s, _, r, _ in rows:
+            rel = s.path.relative_to(data) if s.path.is_relative_to(data) else s.path
+            out.writerow([rel, s.kind, repr(r.score), r.is_anomalous, r.out_of_distribution or ""])
 
 
 def _defined(value):

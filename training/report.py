@@ -18,22 +18,20 @@ from training import metrics
 
 def _curves(out: Path, rows) -> list[str]:
     labels = np.array([s.kind != "good" for s, *_ in rows])
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    for ax, scores, title in (
-        (axes[0], [r.score for _, _, r, _ in rows], "image ROC (image score)"),
-        (axes[1], [r.decision for _, _, r, _ in rows], "image ROC (image decision)"),
-    ):
-        if labels.any() and not labels.all():
-            fpr, tpr = metrics.roc(labels, np.array(scores))
-            ax.plot(fpr, tpr)
-        ax.plot([0, 1], [0, 1], ":", color="grey")
-        ax.set(title=title, xlabel="false positive rate", ylabel="true positive rate")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    if labels.any() and not labels.all():
+        fpr, tpr = metrics.roc(labels, np.array([r.score for _, _, r, _ in rows]))
+        axes[0].plot(fpr, tpr)
+    axes[0].plot([0, 1], [0, 1], ":", color="grey")
+    axes[0].set(
+        title="image ROC (score)", xlabel="false positive rate", ylabel="true positive rate"
+    )
     masks = [m for *_, m in rows]
     if masks[0] is not None:
         fpr, pro = metrics.pro_curve(masks, [r.score_map for _, _, r, _ in rows])
-        axes[2].plot(fpr, pro)
-        axes[2].axvline(0.3, ls=":", color="grey")
-        axes[2].set(
+        axes[1].plot(fpr, pro)
+        axes[1].axvline(0.3, ls=":", color="grey")
+        axes[1].set(
             title="PRO curve",
             xlabel="pixel false positive rate",
             ylabel="per-region overlap",

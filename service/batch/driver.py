@@ -74,7 +74,7 @@ def run(job: Job) -> Summary:
     given = job.crop_bottom
     crop = detector.meta.crop_bottom if given is None else crop_setting(given)
     store = Store(job.out, part_rows=job.part_rows)
-    store.open(job.manifest(detector.sha256, crop))
+    store.open(job.manifest(detector, crop))
     try:
         done = store.finished(retry_errors=job.retry_errors)
         todo = [i for i in items if i.path not in done]

@@ -51,7 +51,7 @@ def local_rows(
 
     def score(shape: tuple[int, ...]) -> None:
         bucket = buckets.pop(shape)
-        results, ms = score_group(detector, [x.pixels for _, x in bucket], job.alpha)
+        results, ms = score_group(detector, [x.pixels for _, x in bucket], job.params())
         for (item, x), r in zip(bucket, results, strict=True):
             if isinstance(r, str):
                 saving.append(
@@ -59,7 +59,7 @@ def local_rows(
                 )
                 continue
             timings = {"decode_ms": x.ms, "infer_ms": ms}
-            args = (job.out, job.kinds, item, x.pixels, r, sha, timings)
+            args = (job.out, job.kinds, item, x.pixels, r, sha, timings, x.notes)
             saving.append(savers.submit(finish, *args) if job.kinds else _now(finish(*args)))
 
     def ready(drain: bool) -> list[dict]:

@@ -9,6 +9,7 @@ and maps are written by the actors: on a cluster, --out must be on a shared file
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ DECODED = pa.schema(
         ("width", pa.int32()),
         ("error", pa.string()),
         ("code", pa.string()),
+        ("notes", pa.string()),  # JSON list: what decoding did
         ("decode_ms", pa.float64()),
     ]
 )
@@ -53,6 +55,7 @@ def decode_batch(batch: pa.Table, crop_bottom: float | int, sample_bits: int) ->
                 "width": w,
                 "error": x.error,
                 "code": x.code,
+                "notes": json.dumps(x.notes),
                 "decode_ms": x.ms,
             }
         )
@@ -67,7 +70,7 @@ class Scorer:
         model: str,
         out: str,
         kinds: tuple[str, ...],
-        alpha: float | None,
+        params: dict[str, float | None],
         gpus: float,
         batch_size: int,
     ):
@@ -76,7 +79,7 @@ class Scorer:
         gpu = {"providers": ("cuda", "cpu"), "require_gpu": True} if gpus > 0 else {}
         cpu = {} if gpus > 0 else {"providers": ("cpu",), "threads": 1}
         self.detector = Detector(model, batch_size=batch_size, **gpu, **cpu)
-        self.out, self.kinds, self.alpha = Path(out), kinds, alpha
+        self.out, self.kinds, self.params = Path(out), kinds, params
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         sha, rows = self.detector.sha256, []
@@ -85,7 +88,7 @@ class Scorer:
         images = [
             np.frombuffer(d["pixels"], np.float32).reshape(d["height"], d["width"]) for d in good
         ]
-        results, ms = score_group(self.detector, images, self.alpha) if good else ([], 0.0)
+        results, ms = score_group(self.detector, images, self.params) if good else ([], 0.0)
         for d, img, r in zip(good, images, results, strict=True):
             item = Item(d["path"], d["relative"])
             if isinstance(r, str):
@@ -94,7 +97,8 @@ class Scorer:
                 )
             else:
                 timings = {"decode_ms": d["decode_ms"], "infer_ms": ms}
-                rows.append(finish(self.out, self.kinds, item, img, r, sha, timings))
+                notes = json.loads(d["notes"])
+                rows.append(finish(self.out, self.kinds, item, img, r, sha, timings, notes))
         for d in decoded:
             if d["error"] is not None:
                 item = Item(d["path"], d["relative"])
@@ -150,7 +154,7 @@ def ray_rows(
                 "model": str(job.model.absolute()),
                 "out": str(job.out.absolute()),
                 "kinds": tuple(job.kinds),
-                "alpha": job.alpha,
+                "params": job.params(),
                 "gpus": job.gpus_per_worker,
                 "batch_size": job.batch_size,
             },

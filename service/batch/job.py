@@ -3,13 +3,17 @@ written; the driver and both engines take it."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from models.errors import NanoinspectError
 from models.images import crop_setting
+
+if TYPE_CHECKING:
+    from models.detector import Detector
 
 KINDS = ("masks", "overlays", "maps")  # what --save-masks/--save-overlays/--save-maps write
 
@@ -23,6 +27,8 @@ class Job:
     workers: int | None = None  # local: decoders (default min(4, CPUs)); ray: actors (1)
     kinds: tuple[str, ...] = ()  # subset of KINDS
     alpha: float | None = None  # None: the model's
+    image_threshold: float | None = None  # tau; None: calibrated for alpha (the model's)
+    pixel_threshold: float | None = None  # gamma; likewise
     crop_bottom: float | int | None = None  # rows or a fraction; None: as the model was trained
     engine: Literal["local", "ray"] = "local"
     providers: tuple[str, ...] = ("cuda", "cpu")  # local: onnxruntime's, in order
@@ -33,12 +39,32 @@ class Job:
     part_rows: int = 256  # rows per part file (a kill loses at most the unwritten ones)
     progress: bool = True
 
-    def manifest(self, sha256: str, crop: float | int) -> dict:
-        """What the results depend on; speed settings (engine, workers...) may change."""
+    def params(self) -> dict[str, float | None]:
+        """The keyword arguments of Detector.score this job sets (None: the model's)."""
         return {
-            "model_sha256": sha256,
+            "alpha": self.alpha,
+            "image_threshold": self.image_threshold,
+            "pixel_threshold": self.pixel_threshold,
+        }
+
+    def manifest(self, detector: Detector, crop: float | int) -> dict:
+        """What the results depend on, the thresholds as used included; speed settings
+        (engine, workers...) may change."""
+        m = detector.meta
+        alpha = m.alpha if self.alpha is None else self.alpha
+        gamma, tau, notes = detector.thresholds(
+            alpha, m.sigma, self.pixel_threshold, self.image_threshold
+        )
+        return {
+            "model_sha256": detector.sha256,
+            "model_name": m.name,
+            "model_created": m.created,
             "inputs": [os.path.abspath(i) for i in self.inputs],
             "alpha": self.alpha,
+            "sigma": m.sigma,
+            "image_threshold": tau,
+            "pixel_threshold": gamma,
+            "thresholds_note": notes[0] if notes else None,
             "crop_bottom": crop,
             "outputs": sorted(self.kinds),
         }
@@ -52,6 +78,12 @@ def validate(job: Job) -> None:
         raise NanoinspectError(f"unknown outputs {sorted(unknown)}; choose from {KINDS}")
     if job.alpha is not None and not 0.0 <= job.alpha <= 1.0:
         raise NanoinspectError(f"--alpha must lie in [0, 1], not {job.alpha}")
+    for flag, value in (
+        ("--image-threshold", job.image_threshold),
+        ("--pixel-threshold", job.pixel_threshold),
+    ):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise NanoinspectError(f"{flag} must be a finite number >= 0, not {value}")
     if job.batch_size < 1 or (job.workers is not None and job.workers < 1):
         raise NanoinspectError("--batch-size and --workers must be at least 1")
     if job.gpus_per_worker < 0:

@@ -31,6 +31,7 @@ class Loaded:
     error: str | None
     code: str | None
     ms: float
+    notes: tuple[str, ...] = ()  # what decoding did (models.images.Decoded.notes)
 
 
 def load(path: str, crop_bottom: float | int, sample_bits: int = 16) -> Loaded:
@@ -39,12 +40,12 @@ def load(path: str, crop_bottom: float | int, sample_bits: int = 16) -> Loaded:
     t0 = time.perf_counter()
     try:
         decoded = load_image(path, crop_bottom=crop_bottom, sample_bits=sample_bits)
-        pixels, error, code = decoded.pixels, None, None
+        pixels, error, code, notes = decoded.pixels, None, None, decoded.notes
     except NanoinspectError as e:
-        pixels, error, code = None, str(e), e.code
+        pixels, error, code, notes = None, str(e), e.code, ()
     except Exception as e:  # a decoder bug must cost one row, not the night's job
-        pixels, error, code = None, f"{path}: {type(e).__name__}: {e}", "unreadable"
-    return Loaded(pixels, error, code, (time.perf_counter() - t0) * 1000)
+        pixels, error, code, notes = None, f"{path}: {type(e).__name__}: {e}", "unreadable", ()
+    return Loaded(pixels, error, code, (time.perf_counter() - t0) * 1000, notes)
 
 
 def error_row(item: Item, error: str, code: str | None, sha256: str, decode_ms: float) -> dict:
@@ -58,7 +59,10 @@ def error_row(item: Item, error: str, code: str | None, sha256: str, decode_ms: 
     }
 
 
-def result_row(item: Item, r: Result, sha256: str, timings: dict[str, float]) -> dict:
+def result_row(
+    item: Item, r: Result, sha256: str, timings: dict[str, float], notes: Sequence[str] = ()
+) -> dict:
+    """The row of a scored image: the fields of the API's answer (decode notes first)."""
     height, width = r.mask.shape
     return {
         "path": item.path,
@@ -66,11 +70,17 @@ def result_row(item: Item, r: Result, sha256: str, timings: dict[str, float]) ->
         "width": width,
         "height": height,
         "score": r.score,
-        "decision_score": r.decision,
         "is_anomalous": bool(r.is_anomalous),
+        "out_of_distribution": r.out_of_distribution,
+        "reason": r.reason,
+        "image_threshold": r.image_threshold,
+        "pixel_threshold": r.pixel_threshold,
+        "alpha": r.alpha,
+        "sigma": r.sigma,
         "anomalous_area_fraction": r.anomalous_area_fraction,
         "n_regions": len(r.regions),
         "regions": json.dumps([asdict(g) for g in r.regions]),
+        "notes": json.dumps([*notes, *r.notes]),
         "model_sha256": sha256,
         **timings,
     }
@@ -102,6 +112,7 @@ def finish(
     r: Result,
     sha256: str,
     timings: dict[str, float],
+    notes: Sequence[str] = (),
 ) -> dict:
     """Outputs first, then the row: a row on disk means its files are complete. A full disk
     stops the job (StorageError) instead of marking every input as failed."""
@@ -118,16 +129,17 @@ def finish(
             sha256,
             timings["decode_ms"],
         )
-    return result_row(item, r, sha256, timings | {"save_ms": (time.perf_counter() - t0) * 1000})
+    timings |= {"save_ms": (time.perf_counter() - t0) * 1000}
+    return result_row(item, r, sha256, timings, notes)
 
 
 def score_group(
-    detector: Detector, images: list[np.ndarray], alpha: float | None
+    detector: Detector, images: list[np.ndarray], params: dict[str, float | None]
 ) -> tuple[list[Result | str], float]:
-    """Score same-size images together, one bad image costing only its own row. Returns
-    (Result or error message per image, ms per image)."""
+    """Score same-size images together with the job's params (Job.params), one bad image
+    costing only its own row. Returns (Result or error message per image, ms per image)."""
     t0 = time.perf_counter()
-    results = score_isolated(lambda batch: detector.score(batch, alpha=alpha), images)
+    results = score_isolated(lambda batch: detector.score(batch, **params), images)
     out: list[Result | str] = [
         f"scoring failed: {type(r).__name__}: {r}" if isinstance(r, Exception) else r
         for r in results

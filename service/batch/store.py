@@ -34,12 +34,21 @@ SCHEMA = pa.schema(
         ("relative_path", pa.string()),  # under its INPUT root; names masks/overlays/maps
         ("width", pa.int32()),  # of the scored image (after any banner crop)
         ("height", pa.int32()),
-        ("score", pa.float64()),  # the formula's image value
-        ("decision_score", pa.float64()),  # the image decision, against the image threshold
-        ("is_anomalous", pa.bool_()),
+        ("score", pa.float64()),  # the image score (models.decision), against image_threshold
+        ("is_anomalous", pa.bool_()),  # score > image_threshold, or out of distribution
+        ("out_of_distribution", pa.string()),  # why the image is unlike the training images
+        ("reason", pa.string()),  # why anomalous or normal, in one line
+        ("image_threshold", pa.float64()),  # tau and gamma as used for this row
+        ("pixel_threshold", pa.float64()),
+        ("alpha", pa.float64()),
+        ("sigma", pa.float64()),
         ("anomalous_area_fraction", pa.float64()),
         ("n_regions", pa.int32()),
-        ("regions", pa.string()),  # JSON list of {bbox: [x, y, w, h], area, peak/mean_score}
+        (
+            "regions",
+            pa.string(),
+        ),  # JSON list of {bbox: [x, y, w, h], area, peak/mean_score, counts}
+        ("notes", pa.string()),  # JSON list: what decoding and scoring did, as the API says
         ("error", pa.string()),  # null when scored
         ("error_code", pa.string()),
         ("model_sha256", pa.string()),

@@ -14,7 +14,6 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from models import render
-from models.detector import MIN_SIDE
 from service.deps import DeadlineDep, InspectorDep, SettingsDep
 from service.errors import ApiError
 from service.inspector import Scored
@@ -74,7 +73,13 @@ def _build(s: Scored, q: ScoreQuery) -> ScoreOut:
     if q.heatmap:
         heatmap = PngOut(data=render.b64(render.heatmap_png(r.score_map, r.pixel_threshold)))
     regions = [
-        RegionOut(bbox=g.bbox, area=g.area, peak_score=g.peak_score, mean_score=g.mean_score)
+        RegionOut(
+            bbox=g.bbox,
+            area=g.area,
+            peak_score=g.peak_score,
+            mean_score=g.mean_score,
+            counts=g.counts,
+        )
         for g in r.regions[: q.max_regions]
     ]
     height, width = r.mask.shape
@@ -88,8 +93,9 @@ def _build(s: Scored, q: ScoreQuery) -> ScoreOut:
     return ScoreOut(
         filename=s.part.filename,
         score=r.score,
-        decision_score=r.decision,
         is_anomalous=r.is_anomalous,
+        out_of_distribution=r.out_of_distribution,
+        reason=r.reason,
         image_threshold=r.image_threshold,
         pixel_threshold=r.pixel_threshold,
         alpha=r.alpha,
@@ -104,19 +110,10 @@ def _build(s: Scored, q: ScoreQuery) -> ScoreOut:
         regions=regions,
         mask=mask,
         heatmap=heatmap,
-        notes=[*s.decoded.notes, *_small_image_note(width, height)],
+        notes=[*s.decoded.notes, *r.notes],
         timings=timings,
         model=s.model,
     )
-
-
-def _small_image_note(width: int, height: int) -> list[str]:
-    if min(width, height) >= MIN_SIDE:
-        return []
-    return [
-        f"{width}x{height} is under the {MIN_SIDE} px a side the model needs for context: "
-        "scored mirrored out to it, so the result is less reliable"
-    ]
 
 
 @router.post("/score", responses=ERRORS, openapi_extra=_form("file", False))
@@ -158,10 +155,17 @@ async def overlay(
     headers = {
         "X-Score": repr(r.score),
         "X-Is-Anomalous": str(r.is_anomalous).lower(),
+        "X-Image-Threshold": repr(r.image_threshold),
+        "X-Reason": _header_safe(r.reason),
         "X-Regions": str(len(r.regions)),
         "X-Model-Sha256": s.model.sha256,
     }
     return Response(png, media_type="image/png", headers=headers)
+
+
+def _header_safe(text: str) -> str:
+    """A header value: latin-1 only (HTTP headers), one line."""
+    return text.encode("latin-1", "replace").decode("latin-1").replace("\n", " ")
 
 
 @router.post("/score/batch", responses=ERRORS, openapi_extra=_form("files", True))

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { file: null, base: null, heat: null, mask: null, result: null, model: null, seq: 0 };
+const state = { file: null, base: null, heat: null, mask: null, result: null, model: null, seq: 0, touched: new Set() };
 const sliders = { alpha: "alpha", pixel: "pixel_threshold", image: "image_threshold" };
 
 function headers() {
@@ -121,6 +121,11 @@ function showResult(r) {
   $("score").textContent = fmt(r.score, 6);
   $("verdict").textContent = r.is_anomalous ? "ANOMALOUS" : "normal";
   $("verdict").className = `badge ${r.is_anomalous ? "bad" : "good"}`;
+  $("reason").textContent = r.reason;
+  for (const [id, key] of [["pixel", "pixel_threshold"], ["image", "image_threshold"]]) {
+    if (!state.touched.has(id)) $(id).value = r[key]; // the thresholds this answer used
+  }
+  showSliderValues();
   $("r-image").textContent = fmt(r.image_threshold, 6);
   $("r-pixel").textContent = fmt(r.pixel_threshold, 6);
   $("r-alpha").textContent = fmt(r.alpha, 3);
@@ -132,7 +137,7 @@ function showResult(r) {
   $("regions-count").textContent = r.regions_total > r.regions.length ? `(${r.regions.length} of ${r.regions_total})` : `(${r.regions_total})`;
   const rows = r.regions.map((reg, i) => {
     const tr = document.createElement("tr");
-    for (const v of [i + 1, reg.bbox.join(", "), reg.area, fmt(reg.peak_score), fmt(reg.mean_score)]) {
+    for (const v of [i + 1, reg.bbox.join(", "), reg.area, fmt(reg.peak_score), fmt(reg.mean_score), reg.counts ? "yes" : "edge band"]) {
       tr.appendChild(Object.assign(document.createElement("td"), { textContent: v }));
     }
     return tr;
@@ -154,7 +159,8 @@ async function score(newFile = false) {
   document.body.dataset.state = "scoring";
   status(`Scoring ${state.file.name}…`);
   const params = new URLSearchParams({ mask_format: "png", heatmap: "true" });
-  for (const [id, key] of Object.entries(sliders)) if (state.model) params.set(key, $(id).value);
+  // Only what the user moved: the server picks the thresholds calibrated for an alpha.
+  for (const [id, key] of Object.entries(sliders)) if (state.touched.has(id)) params.set(key, $(id).value);
   const form = new FormData();
   form.append("file", state.file);
   try {
@@ -198,10 +204,10 @@ window.addEventListener("DOMContentLoaded", () => {
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); choose(e.dataTransfer.files[0]); });
-  for (const id of Object.keys(sliders)) $(id).addEventListener("input", rescoreSoon);
+  for (const id of Object.keys(sliders)) $(id).addEventListener("input", () => { state.touched.add(id); rescoreSoon(); });
   $("opacity").addEventListener("input", () => { showSliderValues(); draw(); });
   for (const id of ["show-heatmap", "show-mask", "show-boxes"]) $(id).addEventListener("change", draw);
-  $("reset").addEventListener("click", () => { resetSliders(); score(false); });
+  $("reset").addEventListener("click", () => { state.touched.clear(); resetSliders(); score(false); });
   $("key").addEventListener("change", (e) => { sessionStorage.setItem("nanoinspect-key", e.target.value); loadModel(); score(true); });
   showSliderValues();
   loadModel();

@@ -1,0 +1,167 @@
+"""The answer an operator reads: one score that decides, the same on every surface; regions
+that say whether they count; a reason for every verdict; overrides of alpha and sigma that
+keep calibrated thresholds (or say they do not)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from models.decision import EDGE, image_decision
+from models.detector import Detector, _reason
+from models.images import load_image
+from models.regions import interior, segment
+from models.scale import resample, to_scale
+from tests.conftest import ready_client
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_model) -> Detector:
+    return Detector(tiny_model, providers=("cpu",), threads=1)
+
+
+def test_score_is_the_decision_of_the_map_at_the_working_scale(detector, synth_data):
+    """An image at twice the training magnification is zoomed to the working scale: the
+    score is the decision of the graph's map there, not of the map resampled back."""
+    image = load_image(synth_data / "test" / "bead" / "000.png").pixels
+    big = resample(image, (2 * image.shape[0], 2 * image.shape[1]))
+    (r,) = detector.score([big])
+    work, zoom = to_scale(big, detector.meta.fibre_scale)
+    assert zoom == r.zoom != 1.0
+    m = detector.meta
+    graph_map = detector.run(work[None, None], m.alpha, m.sigma, ("score_map",))["score_map"]
+    assert r.score == image_decision(graph_map[0, 0])
+    assert r.score_map.shape == big.shape  # the map the user sees is at the image's size
+    assert any(n.startswith("scored zoomed") for n in r.notes)
+
+
+def test_every_surface_gives_the_same_score_and_verdict(tiny_model, synth_data, tmp_path):
+    """For every test image: REST JSON, the overlay's headers, the batch row and evaluate's
+    scores.csv carry the same score and verdict (the web page shows the JSON's: test_web)."""
+    from service.batch.driver import run
+    from service.batch.job import Job
+    from training.evaluate import evaluate
+
+    paths = sorted((synth_data / "test").glob("*/*.png"))
+    run(
+        Job(model=tiny_model, inputs=[str(synth_data / "test")], out=tmp_path / "b", progress=False)
+    )
+    rows = {r["path"]: r for r in pq.read_table(tmp_path / "b" / "results.parquet").to_pylist()}
+    evaluate(tiny_model, synth_data, tmp_path / "e")
+    with (tmp_path / "e" / "scores.csv").open() as f:
+        evaluated = {str(synth_data / r["image"]): r for r in csv.DictReader(f)}
+    assert len(evaluated) == len(paths)
+    with ready_client(tiny_model) as client:
+        for path in paths:
+            files = {"file": (path.name, path.read_bytes())}
+            body = client.post("/v1/score?mask_format=none", files=files).json()
+            overlay = client.post("/v1/score/overlay", files=files)
+            row, ev = rows[str(path.resolve())], evaluated[str(path)]
+            score = pytest.approx(body["score"], rel=1e-5)  # one onnxruntime, other batches
+            assert float(overlay.headers["x-score"]) == score and row["score"] == score
+            assert float(ev["score"]) == score
+            verdict = body["is_anomalous"]
+            assert overlay.headers["x-is-anomalous"] == str(verdict).lower()
+            assert row["is_anomalous"] == verdict and ev["is_anomalous"] == str(verdict)
+            assert float(overlay.headers["x-image-threshold"]) == body["image_threshold"]
+            assert overlay.headers["x-reason"] == body["reason"] == row["reason"]
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert "image_auroc_formula" not in metrics and "decision_score" not in rows[str(path)]
+
+
+def test_regions_say_whether_they_count():
+    m = np.zeros((200, 300), np.float32)
+    m[2:10, 100:110] = 5.0  # wholly in the edge band
+    m[EDGE - 4 : EDGE + 4, 200:210] = 4.0  # reaches inside
+    m[100:110, 150:160] = 3.0  # inside
+    _, regions = segment(m, 1.0, 1, interior(m.shape, (EDGE, EDGE)))
+    assert [(g.peak_score, g.counts) for g in regions] == [(5.0, False), (4.0, True), (3.0, True)]
+    assert image_decision(m) == 4.0  # what counts decides
+
+
+def test_the_reason_says_why():
+    _, edge_only = segment(np.pad(np.ones((4, 4), np.float32), ((0, 60), (0, 60))), 0.5, 1,
+                           interior((64, 64), (16, 16)))  # fmt: skip
+    assert _reason(1.0, 2.0, None, edge_only) == (
+        "normal: score 1 not above the image threshold 2; 1 region only in the edge band, "
+        "which does not count"
+    )
+    assert _reason(3.0, 2.0, None, []) == "score 3 above the image threshold 2"
+    assert _reason(0.5, 2.0, "blank frame", []) == "out of distribution: blank frame"
+
+
+def test_every_verdict_has_its_reason(detector, synth_data):
+    for path in sorted((synth_data / "test").glob("*/*.png")):
+        (r,) = detector.score([load_image(path).pixels])
+        assert r.reason.startswith("normal: ") != r.is_anomalous, r.reason
+        assert f"{r.score:.4g}" in r.reason or r.out_of_distribution
+        if r.regions and not any(g.counts for g in r.regions) and not r.is_anomalous:
+            assert "only in the edge band" in r.reason
+
+
+def test_overrides_keep_normal_images_normal(detector, synth_data):
+    """At every calibrated (alpha, sigma) the thresholds are the table's, no note, and no
+    normal test image changes its decision."""
+    m = detector.meta
+    goods = [load_image(p).pixels for p in sorted((synth_data / "test" / "good").glob("*.png"))]
+    base = [r.is_anomalous for r in detector.score(goods)]
+    settings = m.calibrated_settings()
+    assert len(settings) == 1 + 25 - 1  # the model's own pair, then the 5 x 5 grid
+    for alpha, sigma in settings:
+        results = detector.score(goods, alpha=alpha, sigma=sigma)
+        assert [r.is_anomalous for r in results] == base, (alpha, sigma)
+        assert (results[0].pixel_threshold, results[0].image_threshold) == m.thresholds_for(
+            alpha, sigma
+        )
+        assert not [n for r in results for n in r.notes if n.startswith("thresholds not")]
+
+
+def test_an_uncalibrated_override_says_so(detector, synth_data):
+    image = load_image(synth_data / "test" / "good" / "000.png").pixels
+    (r,) = detector.score([image], alpha=0.3)
+    assert r.notes[0].startswith("thresholds not calibrated for alpha 0.3, sigma ")
+    assert r.image_threshold == detector.meta.image_threshold
+    (r,) = detector.score([image], alpha=0.3, image_threshold=1.0, pixel_threshold=1.0)
+    assert r.notes == ()  # the caller chose both thresholds
+
+
+def test_rest_override_uses_the_calibrated_pair(tiny_model, synth_data):
+    path = synth_data / "test" / "good" / "000.png"
+    with ready_client(tiny_model) as client:
+        model = client.get("/v1/model").json()
+        body = client.post(
+            "/v1/score?alpha=0&sigma=4&mask_format=none",
+            files={"file": (path.name, path.read_bytes())},
+        ).json()
+    gamma, tau = Detector(tiny_model, providers=("cpu",)).meta.thresholds_for(0.0, 4.0)
+    assert (body["pixel_threshold"], body["image_threshold"]) == (gamma, tau)
+    assert [0.0, 4.0] in model["calibrated_settings"] and body["notes"] == []
+
+
+def test_an_artifact_without_the_new_tables_still_loads(tiny_model, tmp_path):
+    """A model calibrated before the normals' model and the threshold table existed: it
+    loads, has no image-level model, and an override says its thresholds are off."""
+    import onnx
+
+    proto = onnx.load(tiny_model)
+    props = {p.key: p.value for p in proto.metadata_props}
+    del props["normal_model"], props["thresholds"]
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+    onnx.save(proto, tmp_path / "old.onnx")
+    det = Detector(tmp_path / "old.onnx", providers=("cpu",), threads=1)
+    assert det.normals is None and det.meta.thresholds == []
+    assert det.meta.calibrated_settings() == [(det.meta.alpha, det.meta.sigma)]
+    image = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 1))
+    (r,) = det.score([image], alpha=0.0)
+    assert r.notes[-1].startswith("thresholds not calibrated for alpha 0, sigma ")
+
+
+def test_blank_frames_are_never_normal(detector):
+    for value in (0.0, 0.5, 1.0):
+        (r,) = detector.score([np.full((96, 96), value, np.float32)])
+        assert r.is_anomalous and r.out_of_distribution.startswith("blank frame"), r
