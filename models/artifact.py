@@ -11,7 +11,8 @@ from models.errors import ArtifactError
 from models.images import crop_setting
 
 FORMAT = "nanoinspect-bigan"
-FORMAT_VERSION = 4  # 2: feature-likelihood and statistics terms; 3: width; 4: bodies term
+FORMAT_VERSION = 5  # 2: feature-likelihood and statistics terms; 3: width; 4: bodies term;
+# 5: D maps at 1/disc_stride, `score` is the map's peak off the edge band, unweighted terms left out
 INPUTS = ("image", "alpha", "sigma")
 OUTPUTS = ("score_map", "score", "reconstruction", "d_map", "f_map", "t_map", "b_map")
 

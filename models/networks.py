@@ -91,7 +91,10 @@ class Discriminator(nn.Module):
         """D's map (N, 1, H/disc_stride, W/disc_stride) from the image features and z."""
         h = self.joint(torch.cat([feats[-1], self.latent(z)], dim=1))
         for i, up in zip(self.levels, self.up, strict=True):
-            h = up(torch.cat([F.interpolate(h, scale_factor=2, mode="nearest"), feats[i]], 1))
+            # to the skip's own size, not twice h's: the exported graph then needs no
+            # equality between the two shape expressions
+            h = F.interpolate(h, size=feats[i].shape[-2:], mode="nearest")
+            h = up(torch.cat([h, feats[i]], 1))
         return self.out(h)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

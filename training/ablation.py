@@ -16,6 +16,7 @@ from models.artifact import ArtifactMeta
 from training.calibrate import write_artifact
 
 FAMILIES = ("formula", "d", "r", "handmade")  # as training.calibrate.families names them
+METRICS = ("image_auroc", "pixel_auroc", "aupro")  # what a family's figures are compared by
 
 
 def read_meta(path: Path) -> ArtifactMeta:
@@ -38,3 +39,21 @@ def write_variants(model: Path, out: Path) -> dict[str, Path]:
         written[family] = out / f"{family}.onnx"
         write_artifact(onnx.load(model), variant, written[family])
     return written
+
+
+def run(model: Path, test: Path, out: Path) -> dict[str, dict]:
+    """Evaluate each variant of model on the labelled set test: OUT/<family>/metrics.json
+    (and its report); returns each family's metrics."""
+    from training.evaluate import evaluate
+
+    variants = write_variants(model, out)
+    return {family: evaluate(path, test, out / family) for family, path in variants.items()}
+
+
+if __name__ == "__main__":  # python -m training.ablation MODEL.onnx TEST_DIR OUT_DIR
+    import sys
+
+    found = run(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
+    for family, m in found.items():
+        figures = ", ".join(f"{k} {m.get(k) or float('nan'):.3f}" for k in METRICS)
+        print(f"{family}: {figures}")

@@ -16,10 +16,10 @@ def collect(build: Path, model: Path) -> dict:
     det = Detector(model, providers=("cpu",))
     run = json.loads((build / "run" / "config.json").read_text())
     test = json.loads((build / "report" / "metrics.json").read_text())
-    ablation = {}
-    for path in sorted(build.glob("ablation-*/metrics.json")):
+    ablation = {}  # training.ablation's families of terms, on the same networks
+    for path in sorted(build.glob("ablation/*/metrics.json")):
         m = json.loads(path.read_text())
-        ablation[path.parent.name.removeprefix("ablation-")] = {k: m[k] for k in KEYS}
+        ablation[path.parent.name] = {k: m[k] for k in KEYS}
     return {
         "chosen": {
             "alpha": det.meta.alpha,
@@ -30,7 +30,7 @@ def collect(build: Path, model: Path) -> dict:
         },
         "self_check": det.meta.calibration,
         "test": test,
-        "test_alpha_ablation": ablation,
+        "test_ablation": ablation,
         "train": {
             "config": run["train"],
             "model": run["model"],

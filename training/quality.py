@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from training.ablation import FAMILIES, write_variants
+from training import ablation
 from training.quality_run import (
     ROOT,
     StepFailed,
@@ -42,7 +42,6 @@ METRICS = (  # (metrics.json key, column)
     ("aupro", "AUPRO@0.3"),
     ("pixel_f1", "pixel F1"),
 )
-ABLATION = METRICS[:3]  # what the same networks reach scored by one family of terms
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 
@@ -110,12 +109,8 @@ def run_domain(name: str, work: Path, settings: dict, train_flags: list[str]) ->
     run_step(["export", run, "--out", model], logs / "export.log")
     run_step(["evaluate", model, d / "test", "--out", report], logs / "evaluate.log")
     m = read_metrics(report)
-    ablation = {}
-    for family, variant in write_variants(model, d / "ablation").items():
-        out = d / "ablation" / family
-        shutil.rmtree(out, ignore_errors=True)
-        run_step(["evaluate", variant, d / "test", "--out", out], logs / f"evaluate-{family}.log")
-        ablation[family] = {k: unit(read_metrics(out).get(k)) for k, _ in ABLATION}
+    found = ablation.run(model, d / "test", d / "ablation")
+    row_ablation = {f: {k: unit(m.get(k)) for k in ablation.METRICS} for f, m in found.items()}
     tests = [p for kind in sorted((d / "test" / "test").iterdir()) for p in files(kind)]
     speed = detector_speed(model, tests)
     row = {key: unit(m.get(key)) for key, _ in METRICS}
@@ -127,7 +122,7 @@ def run_domain(name: str, work: Path, settings: dict, train_flags: list[str]) ->
     row["images_per_s"] = round(speed["images_per_s"], 2)
     row["speed"] = speed | {"what": "Detector.score on the test images after evaluate"}
     row["model"] = m.get("model")
-    row["ablation"] = ablation
+    row["ablation"] = row_ablation
     return row
 
 
@@ -147,7 +142,7 @@ def matrix_markdown(rows: dict[str, dict], summaries: dict[str, str]) -> str:
     """The main table and the per-defect-type table, one row per domain."""
     from training.synth import DEFECTS
 
-    main, types, ablation = [], [], []
+    main, types, families = [], [], []
     kinds = sorted(
         {k for row in rows.values() for k in row.get("per_type", {})},
         key=lambda k: (DEFECTS.index(k) if k in DEFECTS else len(DEFECTS), k),
@@ -173,26 +168,26 @@ def matrix_markdown(rows: dict[str, dict], summaries: dict[str, str]) -> str:
             for k in kinds
         ]
         types.append([name, *cells])
-        chosen = " / ".join(fmt(row[k]) for k, _ in ABLATION)
+        chosen = " / ".join(fmt(row[k]) for k in ablation.METRICS)
         alone = [
-            " / ".join(fmt(row["ablation"][f][k]) for k, _ in ABLATION)
+            " / ".join(fmt(row["ablation"][f][k]) for k in ablation.METRICS)
             if f in row.get("ablation", {})
             else ""
-            for f in FAMILIES
+            for f in ablation.FAMILIES
         ]
-        ablation.append([name, *alone, chosen])
+        families.append([name, *alone, chosen])
     header = ["domain", *(c for _, c in METRICS), "train", "images/s", "budget"]
     header += ["data", "code"]
     parts = [table(header, main)]
     if types:
         parts += ["Per defect type, pixel AUROC / AUPRO@0.3:", table(["domain", *kinds], types)]
-    if ablation:
+    if families:
         parts += [
             "The same trained models scored by the formula's map alone (w = 1, 0, 0, 0 at "
             "the self-check's alpha), by its terms d (alpha 1) and r (alpha 0) alone, by "
             "the hand-made terms alone (w_0 = 0) and by the shipped mix; image AUROC / "
             "pixel AUROC / AUPRO@0.3:",
-            table(["domain", "formula", "d", "r", "hand-made", "shipped mix"], ablation),
+            table(["domain", "formula", "d", "r", "hand-made", "shipped mix"], families),
         ]
     listed = "\n".join(f"- `{n}`: {summaries.get(n, '(no longer a domain)')}" for n in rows)
     return "\n\n".join([*parts, "Domains:\n\n" + listed])
