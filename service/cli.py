@@ -120,6 +120,19 @@ def _resume_differences(out: Path, config: Path | None, seed: int | None, model_
         )
 
 
+def _warn_not_normal(data: Path) -> None:
+    """Name the subfolders of a training folder that look like test or defective images."""
+    from training.data import find_dataset, not_normal_folders
+
+    suspect = not_normal_folders(find_dataset(data))
+    if suspect:
+        typer.echo(
+            f"warning: {data} has subfolders that look like test or defective images, and "
+            f"every image in them is trained on as normal: {', '.join(suspect)}",
+            err=True,
+        )
+
+
 @app.command()
 @one_line_errors
 def train(
@@ -154,6 +167,12 @@ def train(
         cfg = replace(cfg, max_steps=max_steps)
     if max_minutes is not None:
         cfg = replace(cfg, max_minutes=max_minutes)
+    if cfg.max_steps <= 0 or cfg.max_minutes <= 0:
+        raise NanoinspectError(
+            f"the budget must be positive: --max-steps {cfg.max_steps}, --max-minutes "
+            f"{cfg.max_minutes:g} would train nothing"
+        )
+    _warn_not_normal(data)
     with StopSignals() as stop:
         path = fit(
             data,

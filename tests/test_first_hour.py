@@ -244,10 +244,23 @@ def test_a_signal_during_training_writes_a_checkpoint_first(synth_data, tmp_path
     last = err.strip().splitlines()[-1]
     name = signal.Signals(signum).name
     assert last.startswith(f"error: {name}: stopped with checkpoint") and "--resume" in last
+    assert f"{name}: saving the weights after this step" in err  # said at once
     (ckpt,) = (run / "checkpoints").glob("step_*.pt")
     assert str(ckpt) in last
     step = int(ckpt.stem.split("_")[1])
     assert 0 < step < 1000
+    import torch
+
+    from models.config import ModelConfig
+    from models.networks import BiGAN
+
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert saved["self_check"] is None and saved["interrupted"]  # not ranked before saving
+    BiGAN(ModelConfig.from_dict(saved["model_config"])).load_state_dict(saved["model"])
+    assert not (run / "best.pt").exists()  # an unranked checkpoint is never the best
+    if signum == signal.SIGTERM:  # export fits what the stop left out
+        exported = _run("export", run, "--out", tmp_path / "m.onnx", "--calibrate", synth_data)
+        assert exported.exit_code == 0, exported.output
     resumed = _run(*args[:-1], step + 1, "--resume")
     assert resumed.exit_code == 0, resumed.output
 
@@ -289,6 +302,32 @@ def test_resume_past_max_steps_says_there_is_nothing_to_do(short_run, synth_data
     assert result.exit_code == 0, result.output
     assert "is at step 2, --max-steps is 1: nothing to train" in result.stdout
     assert "1step" not in result.output and "2step" not in result.output
+
+
+@pytest.mark.parametrize(
+    "budget", [["--max-steps", "0"], ["--max-steps", "-5"], ["--max-minutes", "0"],
+               ["--max-minutes", "-1"]],
+)  # fmt: skip
+def test_train_refuses_a_budget_that_trains_nothing(synth_data, tmp_path, budget):
+    result = _run("train", synth_data, "--out", tmp_path / "run", "--device", "cpu", *budget)
+    _one_line_error(result, "the budget must be positive")
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_on_a_test_folder_names_its_defect_subfolders(synth_data, tmp_path):
+    result = _run(
+        "train", synth_data / "test", "--out", tmp_path / "run", "--max-steps", "1",
+        "--device", "cpu", "--config", _tiny_config(tmp_path),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    warning = next(x for x in result.stderr.splitlines() if x.startswith("warning:"))
+    kinds = sorted(p.name for p in (synth_data / "test").iterdir() if p.name != "good")
+    assert warning.endswith(f"trained on as normal: {', '.join(kinds)}"), warning
+    plain = _run(
+        "train", synth_data / "train" / "good", "--out", tmp_path / "run2", "--max-steps", "1",
+        "--device", "cpu", "--config", _tiny_config(tmp_path),
+    )  # fmt: skip
+    assert plain.exit_code == 0 and "look like test" not in plain.stderr
 
 
 def test_train_refuses_a_file_as_its_run_directory(synth_data, tmp_path):

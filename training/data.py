@@ -20,6 +20,10 @@ from models.errors import DataError, ImageError
 from models.images import IMAGE_EXTENSIONS, Decoded, load_image
 
 NAMED_ERRORS = 5  # unreadable files named in the one-line error; the rest are counted
+# subfolder names that say a folder of "normal" images holds test or defective ones: the
+# MVTec AD parts, words for defects, and the synthetic defect types (training/synth.py)
+NOT_NORMAL = ("test", "ground_truth", "defect", "anomal", "bad", "reject", "fault", "crack",
+              "scratch", "bead", "film", "clump", "particle")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,22 @@ def find_dataset(root: str | Path, *, need_train: bool = True) -> Layout:
             f"test/<type>, ground_truth/<type>) and for {exts} files in any subfolder"
         )
     return Layout(root, train, [])
+
+
+def not_normal_folders(layout: Layout) -> list[str]:
+    """Subfolders of a plain training folder whose names say they hold test or defective
+    images (NOT_NORMAL), or that sit beside a good/ folder (a labelled test set): training
+    would take them as normal, so the caller warns."""
+    if layout.test or not layout.train:
+        return []  # MVTec AD: train/good is the normal set by definition
+    folders = sorted({str(s.path.parent.relative_to(layout.root)) for s in layout.train} - {"."})
+    labelled = any(Path(f).name.lower() == "good" for f in folders)
+    return [
+        f
+        for f in folders
+        if (labelled and Path(f).name.lower() != "good")
+        or any(word in part.lower() for part in Path(f).parts for word in NOT_NORMAL)
+    ]
 
 
 def split_holdout(
