@@ -209,10 +209,14 @@ def export(
 ):
     """Export a run to one ONNX file: parity-checked against torch, then calibrated. An
     existing file is kept unless --force."""
+    from training.export import PARITY_ATOL, PARITY_RTOL
     from training.export import export as run_export
 
     meta, parity = run_export(run, out, data=calibrate, name=name, alpha=alpha, force=force)
-    typer.echo(f"wrote {out}: parity max |ort - torch| = {parity:.2e}")
+    typer.echo(
+        f"wrote {out}: parity passed, every output value within {PARITY_ATOL:g} + "
+        f"{PARITY_RTOL:g} |torch| of torch (largest |ort - torch| {parity:.2e})"
+    )
     _report_calibration(meta)
 
 
@@ -227,7 +231,15 @@ def _report_calibration(meta) -> None:
         f"pixel AUROC {check['pixel_auroc']:.3f}, AUPRO {check['aupro']:.3f}, "
         f"image AUROC {check['image_auroc']:.3f} on {check['images']} images"
     )
-    if not check["passed"]:
+    if not check.get("meaningful", True):
+        typer.secho(
+            f"note: the self-check ran on {cal['normal_images']} held-out normal images, fewer "
+            f"than {check['min_normals']}: its figures are not meaningful and pass/fail is "
+            "unknown. Add normal images (or pass labelled defects to calibrate).",
+            err=True,
+            fg="yellow",
+        )
+    elif not check["passed"]:
         typer.secho(
             f"WARNING: the self-check finds its synthetic defects poorly (pixel AUROC "
             f"{check['pixel_auroc']:.3f} < {check['pass_pixel_auroc']}): this model may miss real "

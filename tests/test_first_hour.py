@@ -377,10 +377,16 @@ def test_export_with_force_overwrites_and_keeps_stdout_for_the_result(tiny_run, 
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr
     lines = stdout.strip().splitlines()
-    assert lines[0].startswith(f"wrote {out}: parity") and lines[1].startswith("chosen on")
+    assert lines[0].startswith(f"wrote {out}: parity passed") and lines[1].startswith("chosen on")
+    assert "within 0.0001 + 0.001 |torch| of torch (largest |ort - torch| " in lines[0]
     assert len(lines) == 2, stdout
     assert "[torch.onnx]" not in stdout + stderr and "Warning" not in stderr, stderr
-    assert Detector(out, providers=("cpu",)).meta.sample_bits == 16
+    meta = Detector(out, providers=("cpu",)).meta
+    assert meta.sample_bits == 16
+    # the run held out 3 normal images: too few for the self-check to mean anything
+    check = meta.calibration["check"]
+    assert check["meaningful"] is False and check["passed"] is None
+    assert "note: the self-check ran on 3 held-out normal images, fewer than 5" in stderr
 
 
 def test_evaluate_refuses_a_file_as_out(tiny_model, synth_data, tmp_path):
