@@ -124,7 +124,7 @@ def _warn_not_normal(data: Path) -> None:
     """Name the subfolders of a training folder that look like test or defective images."""
     from training.data import find_dataset, not_normal_folders
 
-    suspect = not_normal_folders(find_dataset(data))
+    suspect = not_normal_folders(find_dataset(data, need_train=False))
     if suspect:
         typer.echo(
             f"warning: {data} has subfolders that look like test or defective images, and "

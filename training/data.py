@@ -9,6 +9,7 @@ a resumed or distributed run draws exactly the batches an uninterrupted one woul
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +47,40 @@ class Layout:
 
 def find_dataset(root: str | Path, *, need_train: bool = True) -> Layout:
     """Detect the layout under `root` and list its images in a deterministic order; a test
-    set (need_train False: evaluation) may come without train/good."""
-    root = Path(root)
+    set (need_train False: evaluation) may come without train/good. For training, normal
+    images that cannot be decoded are left out with one warning (readable)."""
+    layout = _find(Path(root), need_train)
+    if not need_train:
+        return layout
+    return Layout(layout.root, readable(layout.train), layout.test)
+
+
+def readable(samples: Sequence[Sample]) -> list[Sample]:
+    """The samples that decode; the others are named (NAMED_ERRORS, then counted) in one
+    warning on stderr, or in one DataError when none decodes. Training, export and
+    calibration all list the normals through here, so they agree on the same set (and on
+    its held-out split)."""
+    ok, bad = [], []
+    for s in samples:
+        try:
+            load_image(s.path)
+            ok.append(s)
+        except ImageError as e:  # its message starts with the path
+            bad.append(str(e))
+    if bad:
+        more = len(bad) - NAMED_ERRORS
+        rest = f"; and {more} more" if more > 0 else ""
+        if not ok:
+            raise DataError(f"no readable normal image: {'; '.join(bad[:NAMED_ERRORS])}{rest}")
+        print(
+            f"warning: skipped {len(bad)} unreadable normal image(s) of {len(samples)}: "
+            f"{'; '.join(bad[:NAMED_ERRORS])}{rest}",
+            file=sys.stderr,
+        )
+    return ok
+
+
+def _find(root: Path, need_train: bool) -> Layout:
     if not root.exists():
         raise DataError(f"dataset folder {root} does not exist")
     if not root.is_dir():
