@@ -314,7 +314,7 @@ class Detector:
             smap, tiles = entry
             score = image_decision(smap)  # on the map the graph made, at the working scale
             band = edge_band(smap.shape)
-            ood = self._ood(original, work, zoom)
+            ood = self._ood(original, work)
             if zoom != 1.0:
                 smap = resample(smap, original.shape)
             scale_y, scale_x = smap.shape[0] / work.shape[0], smap.shape[1] / work.shape[1]
@@ -353,14 +353,17 @@ class Detector:
         pair = (base[0] if gamma is None else float(gamma), base[1] if tau is None else float(tau))
         if calibrated is not None or (gamma is not None and tau is not None):
             return *pair, ()
-        grid = ", ".join(f"({a:g}, {s:g})" for a, s in m.calibrated_settings())
+        grid = f"alpha {m.alpha:g} with sigma {m.sigma:g}"
+        if m.thresholds:
+            alphas = ", ".join(f"{a:g}" for a in sorted({row[0] for row in m.thresholds}))
+            sigmas = ", ".join(f"{s:g}" for s in sorted({row[1] for row in m.thresholds}))
+            grid += f", and alpha {alphas} with sigma {sigmas}"
         return *pair, (
             f"thresholds not calibrated for alpha {alpha:g}, sigma {sigma:g}: the model's "
-            f"were set at alpha {m.alpha:g}, sigma {m.sigma:g}; calibrated (alpha, sigma): "
-            f"{grid}; or pass image_threshold and pixel_threshold",
+            f"are for {grid}; pass image_threshold and pixel_threshold to set them",
         )
 
-    def _ood(self, original: np.ndarray, work: np.ndarray, zoom: float) -> str | None:
+    def _ood(self, original: np.ndarray, work: np.ndarray) -> str | None:
         """Why the image is out of the training distribution, or None (models.ood)."""
         summary = ood.summarise(work)
         measured = fibre_scale(original)

@@ -120,6 +120,19 @@ def _resume_differences(out: Path, config: Path | None, seed: int | None, model_
         )
 
 
+def _warn_not_normal(data: Path) -> None:
+    """Name the subfolders of a training folder that look like test or defective images."""
+    from training.data import find_dataset, not_normal_folders
+
+    suspect = not_normal_folders(find_dataset(data, need_train=False))
+    if suspect:
+        typer.echo(
+            f"warning: {data} has subfolders that look like test or defective images, and "
+            f"every image in them is trained on as normal: {', '.join(suspect)}",
+            err=True,
+        )
+
+
 @app.command()
 @one_line_errors
 def train(
@@ -154,6 +167,12 @@ def train(
         cfg = replace(cfg, max_steps=max_steps)
     if max_minutes is not None:
         cfg = replace(cfg, max_minutes=max_minutes)
+    if cfg.max_steps <= 0 or cfg.max_minutes <= 0:
+        raise NanoinspectError(
+            f"the budget must be positive: --max-steps {cfg.max_steps}, --max-minutes "
+            f"{cfg.max_minutes:g} would train nothing"
+        )
+    _warn_not_normal(data)
     with StopSignals() as stop:
         path = fit(
             data,
@@ -190,10 +209,14 @@ def export(
 ):
     """Export a run to one ONNX file: parity-checked against torch, then calibrated. An
     existing file is kept unless --force."""
+    from training.export import PARITY_ATOL, PARITY_RTOL
     from training.export import export as run_export
 
     meta, parity = run_export(run, out, data=calibrate, name=name, alpha=alpha, force=force)
-    typer.echo(f"wrote {out}: parity max |ort - torch| = {parity:.2e}")
+    typer.echo(
+        f"wrote {out}: parity passed, every output value within {PARITY_ATOL:g} + "
+        f"{PARITY_RTOL:g} |torch| of torch (largest |ort - torch| {parity:.2e})"
+    )
     _report_calibration(meta)
 
 
@@ -208,7 +231,15 @@ def _report_calibration(meta) -> None:
         f"pixel AUROC {check['pixel_auroc']:.3f}, AUPRO {check['aupro']:.3f}, "
         f"image AUROC {check['image_auroc']:.3f} on {check['images']} images"
     )
-    if not check["passed"]:
+    if not check.get("meaningful", True):
+        typer.secho(
+            f"note: the self-check ran on {cal['normal_images']} held-out normal images, fewer "
+            f"than {check['min_normals']}: its figures are not meaningful and pass/fail is "
+            "unknown. Add normal images (or pass labelled defects to calibrate).",
+            err=True,
+            fg="yellow",
+        )
+    elif not check["passed"]:
         typer.secho(
             f"WARNING: the self-check finds its synthetic defects poorly (pixel AUROC "
             f"{check['pixel_auroc']:.3f} < {check['pass_pixel_auroc']}): this model may miss real "

@@ -242,6 +242,7 @@ class Inspector:
             raise ApiError(500, "scoring_failed", f"scoring failed: {type(e).__name__}") from None
         self.metrics.images.inc()
         self.metrics.anomalous.inc(int(result.is_anomalous))
+        self.metrics.out_of_distribution.inc(int(result.out_of_distribution is not None))
         self.metrics.regions.inc(len(result.regions))
         self.metrics.model_images.labels(detector.sha256).inc()
         queue_ms = (job.started - job.enqueued) * 1000

@@ -55,6 +55,11 @@ class Metrics:
         self.anomalous = Counter(
             p + "anomalous_images_total", "images judged anomalous", registry=reg
         )
+        self.out_of_distribution = Counter(
+            p + "out_of_distribution_total",
+            "images unlike the training images (blank, saturated, defocused...): anomalous",
+            registry=reg,
+        )
         self.regions = Counter(p + "regions_found_total", "anomalous regions found", registry=reg)
         self.errors = Counter(p + "errors_total", "error responses by code", ["code"], registry=reg)
         self.ready = Gauge(

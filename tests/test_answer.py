@@ -165,3 +165,22 @@ def test_blank_frames_are_never_normal(detector):
     for value in (0.0, 0.5, 1.0):
         (r,) = detector.score([np.full((96, 96), value, np.float32)])
         assert r.is_anomalous and r.out_of_distribution.startswith("blank frame"), r
+
+
+def test_out_of_distribution_answers_are_counted(tiny_model):
+    import re
+
+    from PIL import Image
+
+    from tests.test_service_support import encode
+
+    def counted(client) -> float:
+        text = client.get("/metrics").text
+        return float(re.search(r"^nanoinspect_out_of_distribution_total (\S+)$", text, re.M)[1])
+
+    black = encode(Image.new("L", (96, 96), 0))
+    with ready_client(tiny_model) as client:
+        before = counted(client)
+        body = client.post("/v1/score", files={"file": ("black.png", black)}).json()
+        assert body["is_anomalous"] and body["out_of_distribution"].startswith("blank frame: black")
+        assert counted(client) == before + 1

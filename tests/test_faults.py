@@ -133,7 +133,7 @@ def _assert_nothing_half_done(out: Path, kinds: list[str]) -> set[str]:
 @pytest.mark.parametrize("how", ["tmpfs", "rlimit"])
 def test_disk_full_during_the_batch_job(tiny_model, tmp_path, how):
     """tmpfs: a 256 KiB file system fills up while masks, overlays and parts are written
-    (ENOSPC), then grows. rlimit: RLIMIT_FSIZE (10 kB a file) lets masks and parts through
+    (ENOSPC), then grows. rlimit: RLIMIT_FSIZE (12.5 kB a file) lets masks and parts through
     but not the merged CSV (EFBIG), then is lifted. Both: exit 3 with one line, whole rows
     only, no results file beside a missing one, a rerun resumes."""
     inputs, out = tmp_path / "in", tmp_path / "out"
@@ -145,7 +145,7 @@ def test_disk_full_during_the_batch_job(tiny_model, tmp_path, how):
         missing_tool("mounting a tmpfs needs root and CAP_SYS_ADMIN")
     try:
         kinds = ["--save-masks", "--save-overlays"] if how == "tmpfs" else ["--save-masks"]
-        first = _score(tiny_model, inputs, out, kinds, limit=10_000 if how == "rlimit" else None)
+        first = _score(tiny_model, inputs, out, kinds, limit=12_500 if how == "rlimit" else None)
         assert first.returncode == 3, first.stderr
         errors = [line for line in first.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "cannot write results" in errors[0], first.stderr

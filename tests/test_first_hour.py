@@ -244,10 +244,23 @@ def test_a_signal_during_training_writes_a_checkpoint_first(synth_data, tmp_path
     last = err.strip().splitlines()[-1]
     name = signal.Signals(signum).name
     assert last.startswith(f"error: {name}: stopped with checkpoint") and "--resume" in last
+    assert f"{name}: saving the weights after this step" in err  # said at once
     (ckpt,) = (run / "checkpoints").glob("step_*.pt")
     assert str(ckpt) in last
     step = int(ckpt.stem.split("_")[1])
     assert 0 < step < 1000
+    import torch
+
+    from models.config import ModelConfig
+    from models.networks import BiGAN
+
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert saved["self_check"] is None and saved["interrupted"]  # not ranked before saving
+    BiGAN(ModelConfig.from_dict(saved["model_config"])).load_state_dict(saved["model"])
+    assert not (run / "best.pt").exists()  # an unranked checkpoint is never the best
+    if signum == signal.SIGTERM:  # export fits what the stop left out
+        exported = _run("export", run, "--out", tmp_path / "m.onnx", "--calibrate", synth_data)
+        assert exported.exit_code == 0, exported.output
     resumed = _run(*args[:-1], step + 1, "--resume")
     assert resumed.exit_code == 0, resumed.output
 
@@ -291,6 +304,32 @@ def test_resume_past_max_steps_says_there_is_nothing_to_do(short_run, synth_data
     assert "1step" not in result.output and "2step" not in result.output
 
 
+@pytest.mark.parametrize(
+    "budget", [["--max-steps", "0"], ["--max-steps", "-5"], ["--max-minutes", "0"],
+               ["--max-minutes", "-1"]],
+)  # fmt: skip
+def test_train_refuses_a_budget_that_trains_nothing(synth_data, tmp_path, budget):
+    result = _run("train", synth_data, "--out", tmp_path / "run", "--device", "cpu", *budget)
+    _one_line_error(result, "the budget must be positive")
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_on_a_test_folder_names_its_defect_subfolders(synth_data, tmp_path):
+    result = _run(
+        "train", synth_data / "test", "--out", tmp_path / "run", "--max-steps", "1",
+        "--device", "cpu", "--config", _tiny_config(tmp_path),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    warning = next(x for x in result.stderr.splitlines() if x.startswith("warning:"))
+    kinds = sorted(p.name for p in (synth_data / "test").iterdir() if p.name != "good")
+    assert warning.endswith(f"trained on as normal: {', '.join(kinds)}"), warning
+    plain = _run(
+        "train", synth_data / "train" / "good", "--out", tmp_path / "run2", "--max-steps", "1",
+        "--device", "cpu", "--config", _tiny_config(tmp_path),
+    )  # fmt: skip
+    assert plain.exit_code == 0 and "look like test" not in plain.stderr
+
+
 def test_train_refuses_a_file_as_its_run_directory(synth_data, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("mine")
@@ -298,14 +337,25 @@ def test_train_refuses_a_file_as_its_run_directory(synth_data, tmp_path):
     assert afile.read_text() == "mine"
 
 
-def test_training_names_every_unreadable_image_at_once(synth_data, tmp_path):
+def test_training_skips_unreadable_images_naming_them(synth_data, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(synth_data / "train" / "good", data)
     for name in ("x.png", "y.png", "z.png"):
         (data / name).write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    result = _run("train", data, "--out", tmp_path / "run", "--device", "cpu")
-    _one_line_error(result, "3 unreadable images")
-    assert all(name in result.stderr for name in ("x.png", "y.png", "z.png"))
+    result = _run(
+        "train", data, "--out", tmp_path / "run", "--max-steps", "1", "--device", "cpu",
+        "--config", _tiny_config(tmp_path),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    n = len(list(data.iterdir()))
+    warning = next(x for x in result.stderr.splitlines() if "unreadable" in x)
+    assert warning.startswith(f"warning: skipped 3 unreadable normal image(s) of {n}: ")
+    assert all(name in warning for name in ("x.png", "y.png", "z.png"))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert not {"x.png", "y.png", "z.png"} & {Path(h).name for h in config["holdout"]}
+    for png in data.glob("0*.png"):
+        png.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    _one_line_error(_run("train", data, "--out", tmp_path / "run2"), "no readable normal image")
 
 
 # export, evaluate, score: outputs checked before the work
@@ -338,10 +388,16 @@ def test_export_with_force_overwrites_and_keeps_stdout_for_the_result(tiny_run, 
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr
     lines = stdout.strip().splitlines()
-    assert lines[0].startswith(f"wrote {out}: parity") and lines[1].startswith("chosen on")
+    assert lines[0].startswith(f"wrote {out}: parity passed") and lines[1].startswith("chosen on")
+    assert "within 0.0001 + 0.001 |torch| of torch (largest |ort - torch| " in lines[0]
     assert len(lines) == 2, stdout
     assert "[torch.onnx]" not in stdout + stderr and "Warning" not in stderr, stderr
-    assert Detector(out, providers=("cpu",)).meta.sample_bits == 16
+    meta = Detector(out, providers=("cpu",)).meta
+    assert meta.sample_bits == 16
+    # the run held out 3 normal images: too few for the self-check to mean anything
+    check = meta.calibration["check"]
+    assert check["meaningful"] is False and check["passed"] is None
+    assert "note: the self-check ran on 3 held-out normal images, fewer than 5" in stderr
 
 
 def test_evaluate_refuses_a_file_as_out(tiny_model, synth_data, tmp_path):

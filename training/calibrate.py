@@ -36,6 +36,9 @@ PIXEL_FPR = 0.005  # share of normal pixels above gamma (before min_area)
 IMAGE_FPR = 0.05  # share of normal images above tau
 SCALES = ("d_scale", "r_scale", "f_scale", "t_scale", "b_scale")
 CHECK_NORMALS = 12  # held-out normals the self-check pastes into (3 images each): enough to rank
+# below this many held-out normals the self-check's figures are not meaningful: its set is 3
+# pasted images per normal, and an AUROC over fewer than 15 images jumps by 0.07 per image
+MIN_CHECK_NORMALS = 5
 # the overrides the server has calibrated thresholds for (others get a note that they have not)
 OVERRIDE_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 OVERRIDE_SIGMAS = (0.0, 1.0, 2.0, 4.0, 8.0)
@@ -217,6 +220,7 @@ def calibrate(
         sigmas=selfcheck.SIGMAS if sigma is None else (sigma,),
         alphas=selfcheck.ALPHAS if alpha is None else (alpha,),
     )
+    meaningful = bool(labelled) or len(normals) >= MIN_CHECK_NORMALS
     calibration: dict = {
         "normal_images": len(normals),
         "labelled_images": len(labelled),
@@ -226,7 +230,10 @@ def calibrate(
             "pixel_auroc": best.pixel_auroc,
             "aupro": best.aupro,
             "image_auroc": best.image_auroc,
-            "passed": best.passed,
+            # None: too few held-out normals to tell (meaningful false)
+            "passed": best.passed if meaningful else None,
+            "meaningful": meaningful,
+            "min_normals": MIN_CHECK_NORMALS,
             "pass_pixel_auroc": selfcheck.PASS_PIXEL_AUROC,
         },
         "candidates": len(tried),

@@ -9,6 +9,7 @@ a resumed or distributed run draws exactly the batches an uninterrupted one woul
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,10 @@ from models.errors import DataError, ImageError
 from models.images import IMAGE_EXTENSIONS, Decoded, load_image
 
 NAMED_ERRORS = 5  # unreadable files named in the one-line error; the rest are counted
+# subfolder names that say a folder of "normal" images holds test or defective ones: the
+# MVTec AD parts, words for defects, and the synthetic defect types (training/synth.py)
+NOT_NORMAL = ("test", "ground_truth", "defect", "anomal", "bad", "reject", "fault", "crack",
+              "scratch", "bead", "film", "clump", "particle")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -42,8 +47,40 @@ class Layout:
 
 def find_dataset(root: str | Path, *, need_train: bool = True) -> Layout:
     """Detect the layout under `root` and list its images in a deterministic order; a test
-    set (need_train False: evaluation) may come without train/good."""
-    root = Path(root)
+    set (need_train False: evaluation) may come without train/good. For training, normal
+    images that cannot be decoded are left out with one warning (readable)."""
+    layout = _find(Path(root), need_train)
+    if not need_train:
+        return layout
+    return Layout(layout.root, readable(layout.train), layout.test)
+
+
+def readable(samples: Sequence[Sample]) -> list[Sample]:
+    """The samples that decode; the others are named (NAMED_ERRORS, then counted) in one
+    warning on stderr, or in one DataError when none decodes. Training, export and
+    calibration all list the normals through here, so they agree on the same set (and on
+    its held-out split)."""
+    ok, bad = [], []
+    for s in samples:
+        try:
+            load_image(s.path)
+            ok.append(s)
+        except ImageError as e:  # its message starts with the path
+            bad.append(str(e))
+    if bad:
+        more = len(bad) - NAMED_ERRORS
+        rest = f"; and {more} more" if more > 0 else ""
+        if not ok:
+            raise DataError(f"no readable normal image: {'; '.join(bad[:NAMED_ERRORS])}{rest}")
+        print(
+            f"warning: skipped {len(bad)} unreadable normal image(s) of {len(samples)}: "
+            f"{'; '.join(bad[:NAMED_ERRORS])}{rest}",
+            file=sys.stderr,
+        )
+    return ok
+
+
+def _find(root: Path, need_train: bool) -> Layout:
     if not root.exists():
         raise DataError(f"dataset folder {root} does not exist")
     if not root.is_dir():
@@ -68,6 +105,22 @@ def find_dataset(root: str | Path, *, need_train: bool = True) -> Layout:
             f"test/<type>, ground_truth/<type>) and for {exts} files in any subfolder"
         )
     return Layout(root, train, [])
+
+
+def not_normal_folders(layout: Layout) -> list[str]:
+    """Subfolders of a plain training folder whose names say they hold test or defective
+    images (NOT_NORMAL), or that sit beside a good/ folder (a labelled test set): training
+    would take them as normal, so the caller warns."""
+    if layout.test or not layout.train:
+        return []  # MVTec AD: train/good is the normal set by definition
+    folders = sorted({str(s.path.parent.relative_to(layout.root)) for s in layout.train} - {"."})
+    labelled = any(Path(f).name.lower() == "good" for f in folders)
+    return [
+        f
+        for f in folders
+        if (labelled and Path(f).name.lower() != "good")
+        or any(word in part.lower() for part in Path(f).parts for word in NOT_NORMAL)
+    ]
 
 
 def split_holdout(

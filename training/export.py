@@ -61,8 +61,8 @@ def load_normal_fit(scorer: AnomalyScorer, ckpt: dict) -> None:
     """The checkpoint's fitted normal Gaussians; refitted on the images training fitted them
     on when the scoring graph's descriptors changed since (a run saved by an older version)."""
     own = scorer.state_dict()
-    stored = ckpt["normal_fit"]
-    if all(v.shape == own[k].shape for k, v in stored.items()):
+    stored = ckpt["normal_fit"]  # None: saved on a stop signal, before any fit
+    if stored is not None and all(v.shape == own[k].shape for k, v in stored.items()):
         scorer.load_state_dict(stored, strict=False)
         return
     info = ckpt["meta"]

@@ -1,9 +1,12 @@
-"""SIGTERM and SIGINT during training: finish the step, write a checkpoint, then stop with
-one line, so an interrupted run (a preempted node, ^C) loses nothing and resumes."""
+"""SIGTERM and SIGINT during training: say so at once, finish the step, write the weights
+(no self-check ranking: that waits for the next checkpoint or export), then stop with one
+line, so an interrupted run (a preempted node, ^C) loses nothing and resumes within a
+container's grace period."""
 
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from types import FrameType
 
@@ -31,6 +34,12 @@ class StopSignals:
     def _on(self, signum: int, _frame: FrameType | None) -> None:
         self.received = signum
         signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+        print(
+            f"{signal.Signals(signum).name}: saving the weights after this step, then stopping "
+            "(the same signal again stops at once; checkpoints already written stay whole)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():

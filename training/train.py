@@ -254,22 +254,24 @@ def train(
     scorer = AnomalyScorer(bigan, fibre_scale=scale).to(dev)
     best_quality = state.get("best_quality", -1.0) if state else -1.0
 
-    def checkpoint(step: int) -> Path:
+    def checkpoint(step: int, ranked: bool = True) -> Path:
+        """Weights, optimisers and (ranked) the normal fit and self-check figures. The
+        weights are written first, unranked, so a stop signal during the ranking (which
+        takes a minute on large images) or a kill after it loses nothing; unranked (a stop
+        signal: seconds count) it ends there: never taken as best.pt, fitted at export
+        (training/export.load_normal_fit) or ranked at the next checkpoint."""
         nonlocal best_quality
         path = out / CHECKPOINTS / f"step_{step:07d}.pt"
         if main:
+            unranked = {"normal_fit": None, "self_check": None, "interrupted": True}
+            _save(_state(step) | unranked | {"best_quality": best_quality}, path)
+        if main and not ranked:
+            tqdm.write(f"step {step}: weights saved (not ranked by the self-check)")
+        elif main:
             fitted, choice = rank_checkpoint(scorer, fit_images, check)
             better = choice.quality > best_quality
             best_quality = max(best_quality, choice.quality)
-            ckpt = {
-                "model": bigan.state_dict(),
-                "opt_d": opt_d.state_dict(),
-                "opt_eg": opt_eg.state_dict(),
-                "step": step,
-                "seed": seed,
-                "model_config": asdict(model_cfg),
-                "train_config": asdict(cfg),
-                "meta": meta,
+            ckpt = _state(step) | {
                 "normal_fit": fitted,
                 "self_check": asdict(choice),
                 "best_quality": best_quality,
@@ -285,6 +287,18 @@ def train(
                 f"AUPRO {choice.aupro:.3f}" + (" (best so far)" if better else "")
             )
         return path
+
+    def _state(step: int) -> dict:
+        return {
+            "model": bigan.state_dict(),
+            "opt_d": opt_d.state_dict(),
+            "opt_eg": opt_eg.state_dict(),
+            "step": step,
+            "seed": seed,
+            "model_config": asdict(model_cfg),
+            "train_config": asdict(cfg),
+            "meta": meta,
+        }
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
     latent = cfg.patch_size // model_cfg.stride
@@ -330,19 +344,19 @@ def train(
                 writer.add_scalar(f"train/{k}", v, done)
         if writer and done % cfg.image_every == 0:
             writer.add_image("preview/input|recon|score", _image_grid(scorer, preview), done)
-        if (
+        stopped = stop is not None and stop.received is not None
+        if not stopped and (
             done % cfg.checkpoint_every == 0
             or time.monotonic() - saved > 60 * cfg.checkpoint_minutes
         ):
             path = checkpoint(done)
             saved = time.monotonic()
-        stopped = stop is not None and stop.received is not None
         if _time_up(began, cfg.max_minutes, distributed, dev, stopped):
             if main and not stopped:
                 tqdm.write(f"train: the {cfg.max_minutes:g} min budget is used up at step {done}")
             break
     if path is None or path.name != f"step_{done:07d}.pt":
-        path = checkpoint(done)
+        path = checkpoint(done, ranked=stop is None or stop.received is None)
     if writer:
         writer.close()
     if distributed:
