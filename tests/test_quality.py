@@ -50,6 +50,11 @@ def test_matrix_smoke(tmp_path):
     assert all(v > 0 for v in filled)
     assert row["budget"] == "3 steps" and row["settings"]["size"] == "128x96"
     assert "| classic |" in (out / "matrix.md").read_text()
+    # the same model scored by each family of terms alone, as its calibration chose them
+    assert set(row["ablation"]) == {"formula", "d", "r", "handmade"}
+    for figures in row["ablation"].values():
+        assert all(0.0 <= figures[k] <= 1.0 for k in ("image_auroc", "pixel_auroc", "aupro"))
+    assert "| formula | d | r | hand-made | shipped mix |" in (out / "matrix.md").read_text()
     # no labelled image reaches training or export: the training set holds normals only
     assert not find_dataset(tmp_path / "work" / "classic" / "train").test
 

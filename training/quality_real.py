@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.errors import DataError
+from training import ablation
 from training.quality_run import (
     budget_args,
     budget_text,
@@ -182,12 +183,16 @@ def run_real(
     run_step(["evaluate", model, layout, "--out", report], logs / "evaluate.log")
     m = read_metrics(report)
     per = m.get("per_type", {})
+    families = {
+        family: {k: unit(v.get("image_auroc")) for k, v in fm.get("per_type", {}).items()}
+        for family, fm in ablation.run(model, layout, work / "ablation").items()
+    }
     record = {
         "set": "TrainingDataset split by source (--dev)" if dev else "TestDataset",
         "defective_vs_non": unit(per.get("defective", {}).get("image_auroc")),
         "slightly_vs_non": unit(per.get("slightly_defective", {}).get("image_auroc")),
         "image_auroc_all": unit(m.get("image_auroc")),
-        "formula": {k: unit(v.get("image_auroc_formula")) for k, v in per.items()},
+        "families": families,
         "train_images": len(s.train),
         "train_sources": len({source_of(p) for p in s.train}),
         "test_images": {k: len(v) for k, v in s.test.items()},
@@ -221,11 +226,14 @@ def real_markdown(r: dict) -> str:
         "edge); trained on NonDefective images only, exported with no labelled data "
         "(calibrated on the run's held-out normals)."
     )
-    formula = r.get("formula") or {}
-    if any(v is not None for v in formula.values()):
-        note += (
-            " With the formula's image value (alpha mean (D-1)^2 + (1-alpha) RMS residual) "
-            f"instead: Defective {fmt(formula.get('defective'))}, SlightlyDefective "
-            f"{fmt(formula.get('slightly_defective'))}."
+    families = r.get("families") or {}
+    if families:
+        note += " The same model scored by one family of terms alone (training/ablation.py): " + (
+            "; ".join(
+                f"{name} Defective {fmt(v.get('defective'))}, SlightlyDefective "
+                f"{fmt(v.get('slightly_defective'))}"
+                for name, v in families.items()
+            )
+            + "."
         )
     return f"# Real SEM: the PAN set\n\n{table(header, [row])}\n\n{note}"
