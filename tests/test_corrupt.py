@@ -25,7 +25,7 @@ def test_segmentation_loss_is_lowest_for_the_map_that_marks_the_blobs():
     g = torch.Generator().manual_seed(1)
     x = torch.rand(8, 1, 96, 96, generator=g)
     _, mask = corrupt(x, 1.0, g)
-    truth = 1 - torch.nn.functional.avg_pool2d(mask, 2)
+    truth = 1 - torch.nn.functional.avg_pool2d(mask, 4)
     assert segmentation_loss(truth, mask) < 1e-12
     assert segmentation_loss(torch.ones_like(truth), mask) > 0.2  # blind to the blobs
     assert segmentation_loss(truth.flip(-1), mask) > segmentation_loss(truth, mask)
@@ -40,10 +40,11 @@ def test_d_learns_to_mark_pasted_blobs_on_patches_it_never_saw():
     opt = torch.optim.Adam(bigan.discriminator.parameters(), 2e-3)
     g = torch.Generator().manual_seed(2)
 
-    def patches(n: int) -> torch.Tensor:  # a striped "mat": smooth, regular texture
+    def patches(n: int) -> torch.Tensor:  # a "mat" of thin bright lines on a dark ground
         yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
         phase = torch.rand(n, 1, 1, 1, generator=g) * 6.3
-        return (0.5 + 0.3 * torch.sin(xx / 2 + yy / 3 + phase)).expand(n, 1, 48, 48)
+        lines = (torch.sin(xx / 2 + yy / 3 + phase) > 0.7).float()
+        return (0.1 + 0.6 * lines).expand(n, 1, 48, 48)
 
     for _ in range(150):
         x_in, mask = corrupt(patches(16), 1.0, g)
@@ -56,5 +57,5 @@ def test_d_learns_to_mark_pasted_blobs_on_patches_it_never_saw():
     x_in, mask = corrupt(patches(16), 1.0, g)
     with torch.no_grad():
         d = (bigan.discriminator(x_in, bigan.encoder(x_in)) - 1) ** 2
-    inside = torch.nn.functional.avg_pool2d(mask, 2) > 0.5
+    inside = torch.nn.functional.avg_pool2d(mask, cfg.disc_stride) > 0.5
     assert d[inside].mean() > 3 * d[~inside].mean()

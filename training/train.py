@@ -105,10 +105,10 @@ def rank_checkpoint(
     """Fit the normal Gaussians, then score the self-check set: the fitted buffers (saved
     with the checkpoint) and the best choice's figures (what checkpoints are ranked by)."""
     dev = next(scorer.parameters()).device
-    fit_normal(scorer, [torch.from_numpy(im)[None, None].to(dev) for im in fit])
+    fit_normal(scorer, [torch.tensor(im)[None, None].to(dev) for im in fit])
     terms = []
     for s in check:
-        maps = scorer.terms(torch.from_numpy(s.image)[None, None].to(dev))[:-1]
+        maps = scorer.terms(torch.tensor(s.image)[None, None].to(dev))[:-1]
         terms.append(
             {k: v[0, 0].float().cpu().numpy() for k, v in zip(selfcheck.TERMS, maps, strict=True)}
         )
@@ -250,7 +250,7 @@ def train(
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tensorboard"))
-    preview = torch.from_numpy(images[0][None, None]).to(dev)
+    preview = torch.tensor(images[0])[None, None].to(dev)  # a copy: the image is read-only
     scorer = AnomalyScorer(bigan, fibre_scale=scale).to(dev)
     best_quality = state.get("best_quality", -1.0) if state else -1.0
 
