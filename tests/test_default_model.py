@@ -80,8 +80,12 @@ def test_the_card_states_what_ships():
     assert weights == pytest.approx(meta.term_weights, abs=0.005)
     gamma, tau = _card(r"gamma flags [^(]*\(([\d.]+)\) and tau [^(]*\(([\d.]+)\)")
     assert (gamma, tau) == (round(meta.pixel_threshold, 3), round(meta.image_threshold, 3))
-    table = _card(r"\n\| all \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|")
-    keys = ("image_auroc", "image_auroc_formula", "pixel_auroc", "aupro")
+    table = _card(r"\n\| all \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|")
+    keys = ("image_auroc", "pixel_auroc", "aupro")
     assert table == [round(test[k], 3) for k in keys]
+    ablation = json.loads(RECORDED.read_text())["test_ablation"]
+    for family, label in (("formula", "formula alone"), ("handmade", "hand-made terms alone")):
+        row = _card(rf"\n\| {label} \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|")
+        assert row == [round(ablation[family][k], 3) for k in keys], family
     f1, iou = _card(r"Pixel F1 (\d\.\d+), IoU (\d\.\d+)")
     assert (f1, iou) == (round(test["pixel_f1"], 3), round(test["pixel_iou"], 3))
