@@ -171,8 +171,8 @@ class ModelOut(ModelIdentity):
         description="weights of the BiGAN, feature, statistics and bodies terms"
     )
     calibration: dict[str, Any] = Field(description="how the settings were chosen: the self-check")
-    calibrated_settings: list[tuple[float, float]] = Field(
-        description="(alpha, sigma) overrides with thresholds calibrated for them"
+    calibrated_settings: list[list[float]] = Field(
+        description="[alpha, sigma] pairs with thresholds calibrated for them, the model's first"
     )
     normal_model: dict[str, Any] = Field(
         description="the image-level model of the normals (models.ood; empty: none)"

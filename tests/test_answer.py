@@ -184,3 +184,23 @@ def test_out_of_distribution_answers_are_counted(tiny_model):
         body = client.post("/v1/score", files={"file": ("black.png", black)}).json()
         assert body["is_anomalous"] and body["out_of_distribution"].startswith("blank frame: black")
         assert counted(client) == before + 1
+
+
+def test_batch_job_takes_and_records_the_thresholds(tiny_model, synth_data, tmp_path):
+    from models.errors import NanoinspectError
+    from service.batch.driver import run
+    from service.batch.job import Job, validate
+
+    goods = str(synth_data / "test" / "good")
+    job = Job(model=tiny_model, inputs=[goods], out=tmp_path / "b", progress=False,
+              image_threshold=0.0, pixel_threshold=1e6, alpha=0.3)  # fmt: skip
+    run(job)
+    rows = pq.read_table(tmp_path / "b" / "results.parquet").to_pylist()
+    assert rows and all(r["is_anomalous"] and r["image_threshold"] == 0.0 for r in rows)
+    assert all(r["n_regions"] == 0 and r["alpha"] == 0.3 for r in rows)
+    assert all("thresholds not calibrated" not in r["notes"] for r in rows)  # both were given
+    manifest = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert (manifest["image_threshold"], manifest["pixel_threshold"]) == (0.0, 1e6)
+    assert manifest["model_name"] == Detector(tiny_model, providers=("cpu",)).name
+    with pytest.raises(NanoinspectError, match="--image-threshold must be a finite number"):
+        validate(Job(model=tiny_model, inputs=[goods], out=tmp_path / "c", image_threshold=-1))

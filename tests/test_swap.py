@@ -138,8 +138,12 @@ def test_swap_under_load_loses_no_request(server, models):
     assert {x["model"]["sha256"] for x in bodies} == {a, b}
     for x in bodies:  # settings of the model that scored: no request mixed two models
         assert (x["alpha"], x["image_threshold"]) == calibrated[x["model"]["sha256"]]
-    scores = {s: {x["score"] for x in bodies if x["model"]["sha256"] == s} for s in (a, b)}
-    assert len(scores[a]) == len(scores[b]) == 1 and scores[a] != scores[b]
+    scores = {s: [x["score"] for x in bodies if x["model"]["sha256"] == s] for s in (a, b)}
+    # one score per model (to float32 rounding: the map's peak moves by an ulp with the
+    # batch the image shared), and the two models' differ
+    for s in (a, b):
+        assert max(scores[s]) == pytest.approx(min(scores[s]), rel=1e-6)
+    assert scores[a][0] != pytest.approx(scores[b][0], rel=1e-3)
     during = sum(began <= t <= ended for t, _ in answers)
     print(f"\nswap: load+check {out['load_seconds']:.3f} s, {during} requests answered meanwhile,"
           f" {len(answers)} in all, none failed")  # fmt: skip

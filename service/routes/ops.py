@@ -63,7 +63,7 @@ async def model(inspector: InspectorDep, settings: SettingsDep) -> ModelOut:
         stride=m.stride,
         term_weights=m.term_weights,
         calibration=m.calibration,
-        calibrated_settings=m.calibrated_settings(),
+        calibrated_settings=[list(pair) for pair in m.calibrated_settings()],
         normal_model=m.normal_model,
         limits=limits,
     )
