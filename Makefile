@@ -38,7 +38,7 @@ default-model: $(VENV)/.installed
 	$(BIN)/nanoinspect train $(DM)/train --out $(DM)/run --config models/default.toml
 	$(BIN)/nanoinspect export $(DM)/run --out models/default.onnx --name nanoinspect-default --force
 	$(BIN)/nanoinspect evaluate models/default.onnx $(DM)/test --out $(DM)/report
-	$(BIN)/python -m training.ablation models/default.onnx $(DM)/test $(DM)/ablation
+	$(BIN)/python -m training.ablation models/default.onnx $(DM)/run $(DM)/test $(DM)/ablation
 	$(BIN)/python -m training.card $(DM) models/default.onnx > models/default.metrics.json
 
 test: $(VENV)/.installed

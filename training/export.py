@@ -81,6 +81,30 @@ def load_normal_fit(scorer: AnomalyScorer, ckpt: dict) -> None:
     fit_normal(scorer, [torch.tensor(im)[None, None] for im in images])  # a copy: writable
 
 
+def scorer_from_run(run: Path) -> tuple[AnomalyScorer, dict]:
+    """The scoring module of a run's best checkpoint (or a checkpoint file), with its
+    normal Gaussians, before calibration; and the checkpoint."""
+    ckpt = load_checkpoint(run)
+    bigan = BiGAN(ModelConfig.from_dict(ckpt["model_config"]))
+    bigan.load_state_dict(ckpt["model"])
+    scorer = AnomalyScorer(bigan, fibre_scale=ckpt["meta"].get("fibre_scale", 0.0)).eval()
+    load_normal_fit(scorer, ckpt)
+    return scorer, ckpt
+
+
+def with_meta(scorer: AnomalyScorer, meta: ArtifactMeta, path: Path) -> float:
+    """Write scorer's graph as meta's calibration sets it up (its scales and weights, the
+    terms without weight left out) to path, with meta; returns its parity error."""
+    scorer.skipped = skipped_terms(meta.term_weights)
+    for name in SCALES:
+        getattr(scorer, name).fill_(getattr(meta, name))
+    scorer.weights.copy_(torch.tensor(meta.term_weights))
+    write_graph(scorer, path, meta.sigma)
+    write_artifact(onnx.load(path), meta, path)
+    images = [np.random.default_rng(i).random((256, 256), dtype=np.float32) for i in range(2)]
+    return check_parity(scorer, path, images)
+
+
 def calibration_set(
     data: Path, crop_bottom: float, holdout: list[str] | None, sample_bits: int = 16
 ) -> tuple[list[np.ndarray], list[Labelled]]:
@@ -189,16 +213,9 @@ def prune(scorer: AnomalyScorer, meta: ArtifactMeta, path: Path) -> float:
     """Rewrite the calibrated graph at path without the hand-made terms its weights leave
     out (their outputs become zeros; the score map is unchanged, their weight being 0);
     returns the parity error of the new graph."""
-    scorer.skipped = skipped_terms(meta.term_weights)
-    if not scorer.skipped:
+    if not skipped_terms(meta.term_weights):
         return 0.0
-    for name in SCALES:
-        getattr(scorer, name).fill_(getattr(meta, name))
-    scorer.weights.copy_(torch.tensor(meta.term_weights))
-    write_graph(scorer, path, meta.sigma)
-    write_artifact(onnx.load(path), meta, path)
-    images = [np.random.default_rng(i).random((256, 256), dtype=np.float32) for i in range(2)]
-    return check_parity(scorer, path, images)
+    return with_meta(scorer, meta, path)
 
 
 def reexport(src: Path, out: Path) -> float:
@@ -236,15 +253,10 @@ def export(
     """Export, check parity and calibrate; returns the metadata and the parity error seen."""
     check_output(out, force)
     check_settings(alpha=alpha, sigma=None, min_area=min_area, sigma_max=SIGMA_MAX)
-    ckpt = load_checkpoint(run)
-    cfg = ModelConfig.from_dict(ckpt["model_config"])
-    bigan = BiGAN(cfg)
-    bigan.load_state_dict(ckpt["model"])
-    info = ckpt["meta"]
-    scorer = AnomalyScorer(bigan, fibre_scale=info.get("fibre_scale", 0.0)).eval()
+    scorer, ckpt = scorer_from_run(run)
+    cfg, info = scorer.bigan.cfg, ckpt["meta"]
     crop = info["train"]["crop_bottom"]
     bits = info.get("sample_bits", 16)
-    load_normal_fit(scorer, ckpt)
     if data is None:
         if not Path(info["data"]).is_dir():
             raise NanoinspectError(f"training data {info['data']} is gone: pass --calibrate DATA")

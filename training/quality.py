@@ -109,7 +109,7 @@ def run_domain(name: str, work: Path, settings: dict, train_flags: list[str]) ->
     run_step(["export", run, "--out", model], logs / "export.log")
     run_step(["evaluate", model, d / "test", "--out", report], logs / "evaluate.log")
     m = read_metrics(report)
-    found = ablation.run(model, d / "test", d / "ablation")
+    found = ablation.run(model, run, d / "test", d / "ablation")
     row_ablation = {f: {k: unit(m.get(k)) for k in ablation.METRICS} for f, m in found.items()}
     tests = [p for kind in sorted((d / "test" / "test").iterdir()) for p in files(kind)]
     speed = detector_speed(model, tests)

@@ -185,7 +185,7 @@ def run_real(
     per = m.get("per_type", {})
     families = {
         family: {k: unit(v.get("image_auroc")) for k, v in fm.get("per_type", {}).items()}
-        for family, fm in ablation.run(model, layout, work / "ablation").items()
+        for family, fm in ablation.run(model, run, layout, work / "ablation").items()
     }
     record = {
         "set": "TrainingDataset split by source (--dev)" if dev else "TestDataset",
