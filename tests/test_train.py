@@ -95,7 +95,7 @@ def test_divergence_names_the_step_and_keeps_the_last_checkpoint(tmp_path):
             run,
             SMALL,
             TrainConfig(
-                patch_size=32, batch_size=4, max_steps=50, checkpoint_every=1, lr=30.0, lr_d=30.0
+                patch_size=32, batch_size=4, max_steps=50, checkpoint_every=1, lr=30.0, lr_d=5.0
             ),
             device="cpu",
             progress=False,

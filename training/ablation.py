@@ -44,7 +44,7 @@ def write_variants(model: Path, run: Path, out: Path) -> dict[str, Path]:
         )
         written[family] = out / f"{family}.onnx"
         with replacing(written[family]) as (tmp,):
-            with_meta(scorer, variant, tmp)
+            with_meta(scorer, variant, tmp, parity=False)
     return written
 
 

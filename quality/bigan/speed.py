@@ -18,7 +18,7 @@ import onnxruntime as ort
 def main(paths: list[str], repeats: int) -> None:
     sessions = [ort.InferenceSession(p, providers=["CPUExecutionProvider"]) for p in paths]
     image = np.random.default_rng(0).random((1, 1, 704, 1024), dtype=np.float32)
-    feeds = {"image": image, "alpha": np.float32(0.5), "sigma": np.float32(2.0)}
+    feeds = {"image": image, "alpha": np.array(0.5, np.float32), "sigma": np.array(2.0, np.float32)}
     times: list[list[float]] = [[] for _ in paths]
     for s in sessions:
         s.run(["score_map"], feeds)  # warm-up
