@@ -38,7 +38,7 @@ def test_matrix_smoke(tmp_path):
     cmd += ["--size", "128x96", "--n-train", "6", "--n-test-good", "2"]
     cmd += ["--n-test-per-defect", "1", "--max-steps", "3"]
     cmd += ["--work", str(tmp_path / "work"), "--out", str(out)]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     row = json.loads((out / "matrix.json").read_text())["domains"]["classic"]
     for key in ("image_auroc", "pixel_auroc", "aupro", "pixel_f1"):
@@ -55,6 +55,10 @@ def test_matrix_smoke(tmp_path):
     for figures in row["ablation"].values():
         assert all(0.0 <= figures[k] <= 1.0 for k in ("image_auroc", "pixel_auroc", "aupro"))
     assert "| formula | d | r | hand-made | shipped mix |" in (out / "matrix.md").read_text()
+    # normals re-scored at every calibrated (alpha, sigma) override, and counted if they flip
+    o = row["overrides"]
+    assert o["normals"] == 2 and o["settings"] > 1 and 0 <= o["flipped"] <= 2
+    assert f"{o['flipped']} of 2 flip ({o['settings']} settings)" in (out / "matrix.md").read_text()
     # no labelled image reaches training or export: the training set holds normals only
     assert not find_dataset(tmp_path / "work" / "classic" / "train").test
 

@@ -26,6 +26,7 @@ from training.quality_run import (
     duration,
     files,
     fmt,
+    override_flips,
     read_metrics,
     run_step,
     stamp,
@@ -121,6 +122,7 @@ def run_domain(name: str, work: Path, settings: dict, train_flags: list[str]) ->
     row |= {"train_seconds": round(train_s, 1), "train_steps": trained_steps(logs / "train.log")}
     row["images_per_s"] = round(speed["images_per_s"], 2)
     row["speed"] = speed | {"what": "Detector.score on the test images after evaluate"}
+    row["overrides"] = override_flips(model, files(d / "test" / "test" / "good"))
     row["model"] = m.get("model")
     row["ablation"] = row_ablation
     return row
@@ -129,6 +131,12 @@ def run_domain(name: str, work: Path, settings: dict, train_flags: list[str]) ->
 def _train_text(row: dict) -> str:
     steps = row.get("train_steps")
     return duration(row["train_seconds"]) + ("" if steps is None else f", {steps} steps")
+
+
+def _overrides_text(o: dict | None) -> str:
+    if o is None:
+        return "n/a"
+    return f"{o['flipped']} of {o['normals']} flip ({o['settings']} settings)"
 
 
 def _settings_text(s: dict) -> str:
@@ -149,7 +157,7 @@ def matrix_markdown(rows: dict[str, dict], summaries: dict[str, str]) -> str:
     )
     for name, row in rows.items():
         if "error" in row:
-            main.append([name, f"failed in `{row['failed_step']}`", *[""] * 8])
+            main.append([name, f"failed in `{row['failed_step']}`", *[""] * 9])
             continue
         main.append(
             [
@@ -157,6 +165,7 @@ def matrix_markdown(rows: dict[str, dict], summaries: dict[str, str]) -> str:
                 *(fmt(row[k]) for k, _ in METRICS),
                 _train_text(row),
                 f"{row['images_per_s']:.2f}",
+                _overrides_text(row.get("overrides")),
                 row["budget"],
                 _settings_text(row["settings"]),
                 f"`{row['code']}`",
@@ -176,7 +185,7 @@ def matrix_markdown(rows: dict[str, dict], summaries: dict[str, str]) -> str:
             for f in ablation.FAMILIES
         ]
         families.append([name, *alone, chosen])
-    header = ["domain", *(c for _, c in METRICS), "train", "images/s", "budget"]
+    header = ["domain", *(c for _, c in METRICS), "train", "images/s", "overrides", "budget"]
     header += ["data", "code"]
     parts = [table(header, main)]
     if types:
@@ -199,7 +208,9 @@ ABOUT = (
     "`nanoinspect evaluate` on a labelled test set drawn with `--seed 1`. train: wall clock "
     "of `nanoinspect train`, and the steps it reached. images/s: `Detector.score` (batches "
     "of 8, masks and regions included, decoding excluded) on the test images, measured after "
-    "evaluate. code: the commit measured (+dirty: models/, training/ or service/ had "
+    "evaluate. overrides: normal test images whose decision changes when alpha and sigma "
+    "are overridden to any pair the model's threshold table calibrates. "
+    "code: the commit measured (+dirty: models/, training/ or service/ had "
     "uncommitted edits)."
 )
 

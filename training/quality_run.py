@@ -105,6 +105,23 @@ def detector_speed(model: Path, images: Sequence[Path], batch: int = 8) -> dict:
     return {"images_per_s": len(pixels) / seconds, "provider": det.provider, "batch": batch}
 
 
+def override_flips(model: Path, normals: Sequence[Path]) -> dict:
+    """How many NORMALS change their decision when alpha and sigma are overridden to any
+    pair the model's threshold table calibrates (what the API accepts without a note)."""
+    from models.detector import Detector
+    from models.images import load_image
+
+    det = Detector(model, providers=("cpu",))
+    pixels = [load_image(p, crop_bottom=det.meta.crop_bottom).pixels for p in normals]
+    base = [r.is_anomalous for r in det.score(pixels)]
+    settings = det.meta.calibrated_settings()
+    flipped: set[int] = set()
+    for alpha, sigma in settings:
+        found = det.score(pixels, alpha=alpha, sigma=sigma)
+        flipped |= {i for i, r in enumerate(found) if r.is_anomalous != base[i]}
+    return {"normals": len(pixels), "flipped": len(flipped), "settings": len(settings)}
+
+
 def budget_args(max_minutes: float | None, max_steps: int | None) -> list[str]:
     """Train flags passed only when the user gave them: otherwise the recipe's own budget."""
     args: list[str] = []
