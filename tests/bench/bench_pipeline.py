@@ -1,4 +1,4 @@
-"""The serving pipeline without the model (issue 16): a real `nanoinspect serve` on a no-op
+"""The serving pipeline without the model: a real `nanoinspect serve` on a no-op
 graph (same inputs, outputs and metadata as the default model; every map is the image), fed
 1024x704 PNG micrographs by concurrent clients. What is left is decode, queue, post
 (Omega, regions), encode (mask PNG, JSON) and HTTP: its images/s, and per CPU-second of the
