@@ -4,8 +4,8 @@ A defect covers 0.1-5 % of an image, so the map's peak ranks images where its me
 Along the edge the graph sees reflected context (models.scoring.MARGIN): a fibre meets its
 mirror image there and normal maps peak on the edge (7 of 16 normal test images of the
 default model). Leaving out a band of EDGE px raised the image AUROC of eight synthetic
-domains by 0.031 on average and lowered none by more than 0.005 (README: Quality). The band
-is left out of the decision only: the mask and regions still cover it.
+domains by 0.031 on average and lowered none by more than 0.005 (quality/decision/README.md).
+The band is left out of the decision only: the mask and regions still cover it.
 """
 
 from __future__ import annotations

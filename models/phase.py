@@ -1,5 +1,5 @@
 """The generator's output stage rewritten for export: same numbers, 1.1-1.3x faster per image
-(README, Performance).
+(quality/performance.md).
 
 G ends with ConvTranspose2d(k=4, s=2, p=1) -> LeakyReLU -> Conv2d(3x3, -> 1) -> Sigmoid.
 onnxruntime runs ConvTranspose on the CPU as a GEMM plus a single-threaded col2im: in the

@@ -5,7 +5,7 @@ a large mapped block is freed. After that, a burst's large buffers (decoded imag
 onnxruntime's arena regions) are carved from the heaps of the threads that asked for them,
 and what they free there stays held: not given back on free (below the raised trim
 threshold), and measured, not by `malloc_trim` either: an idle server kept ~45 MB of a
-32-client load that way (issue 16). Both thresholds set once, at glibc's defaults,
+32-client load that way. Both thresholds set once, at glibc's defaults,
 turn that adjustment off (as MALLOC_MMAP_THRESHOLD_=131072 would): blocks of 128 KiB or
 more get their own mappings, unmapped when freed, and a thread heap's top is trimmed on
 free. Without glibc (musl, macOS) both do nothing."""

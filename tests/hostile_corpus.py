@@ -1,4 +1,4 @@
-"""The hostile-input corpus of issue 8, generated in code (nothing binary is checked in):
+"""The hostile-input corpus, generated in code (nothing binary is checked in):
 files sent as the `file` part of a well-formed upload, and malformed HTTP requests sent as
 raw bytes. Each case states the answer a correct server gives: a status and an error code,
 or 200 for files that really are valid images. Holds no tests itself (tests/test_hostile.py).

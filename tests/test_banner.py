@@ -1,4 +1,4 @@
-"""A model trained on micrographs with an SEM info banner (issue 15): `crop_bottom` in rows or
+"""A model trained on micrographs with an SEM info banner: `crop_bottom` in rows or
 as a fraction of the height trains and exports, the artifact records it, and every surface
 (REST, its batch endpoint, `nanoinspect score`, evaluate, calibrate) crops the same rows, so
 they all give the Detector's numbers on the image without its banner."""

@@ -1,4 +1,4 @@
-"""Determinism (issue 8, part 7): the same image gets the same score and mask whether it is
+"""Determinism: the same image gets the same score and mask whether it is
 scored alone or in a batch by the Detector, alone or in a multi-image request over REST (a
 real server), or by the batch job (`nanoinspect score`). The container is compared by the
 Docker suite's docker-test.

@@ -1,4 +1,4 @@
-"""Faults (issue 8, part 4): SIGTERM while requests are in flight (they finish with 200), the
+"""Faults: SIGTERM while requests are in flight (they finish with 200), the
 decode thread pool exhausted (requests wait, or 503/504 at once: never a hang or a 5xx), and
 the disk filling up under the batch job (one-line error, exit 3, nothing half-written taken
 as done, a rerun resumes). Model files deleted, truncated or replaced while serving are in

@@ -1,4 +1,4 @@
-"""Issue 17, a new user's first hour: no command corrupts a model or overwrites a file it
+"""A new user's first hour: no command corrupts a model or overwrites a file it
 was not asked to, mistakes end as one line and exit 2, and the output is the project's own."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Hostile inputs against a real `nanoinspect serve` on loopback (issue 8, part 1): every file
+"""Hostile inputs against a real `nanoinspect serve` on loopback: every file
 of tests/hostile_corpus.py and every malformed request gets the answer its case states (a
 JSON 4xx, or 200 for a valid image), never a 5xx; HTTP framing errors get 400 and a closed
 connection; slow and stalled uploads, and request heads never finished (slowloris), get 408

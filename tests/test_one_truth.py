@@ -1,4 +1,4 @@
-"""Issue 15: each setting, limit and file-writing rule has one definition that every surface
+"""Each setting, limit and file-writing rule has one definition that every surface
 uses: the atomic replacement of files, the image file names, the artifact's code version."""
 
 from __future__ import annotations

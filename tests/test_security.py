@@ -1,4 +1,4 @@
-"""Security (issue 8, part 6): keys compared in constant time, per-key rate limits (429 with
+"""Security: keys compared in constant time, per-key rate limits (429 with
 Retry-After), uploads never written to disk (Python audit hooks see every file the process
 opens), no image bytes or keys in a real server's log, security headers and a strict CSP,
 CORS closed by default, docs and admin routes switchable off."""

@@ -1,5 +1,5 @@
-"""The server's connection protections cannot be dropped by starting the app another way
-(issue 15): uvicorn's own command line on the app factory refuses, naming the way that keeps
+"""The server's connection protections cannot be dropped by starting the app another way:
+uvicorn's own command line on the app factory refuses, naming the way that keeps
 them; `nanoinspect serve` (service.server.run) keeps them (tests/test_hostile.py)."""
 
 from __future__ import annotations

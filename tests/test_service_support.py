@@ -1,5 +1,5 @@
 """Shared by the service tests (in-process, real process, browser): test images, the bad and
-the accepted uploads of issue 4, and a `nanoinspect serve` subprocess that is always killed.
+the accepted uploads, and a `nanoinspect serve` subprocess that is always killed.
 Holds no tests itself."""
 
 from __future__ import annotations

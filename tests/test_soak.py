@@ -1,4 +1,4 @@
-"""A short soak (issue 8, part 2) against a real `nanoinspect serve` with a queue far smaller
+"""A short soak against a real `nanoinspect serve` with a queue far smaller
 than the number of clients: every answer is 200 or 503 with Retry-After, no connection
 fails, the queue never holds more than its setting, and RSS does not grow once warm.
 The long one with the default model is `make soak` (tests/bench/bench_soak.py)."""

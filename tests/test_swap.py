@@ -1,4 +1,4 @@
-"""Zero-downtime model swap (issue 8, part 5) and model-file faults (part 4): a real server
+"""Zero-downtime model swap and model-file faults: a real server
 swaps models under concurrent load with no failed request and answers from both models,
 refuses bad artifacts (the old model keeps serving), reloads on SIGHUP, and keeps serving
 when its model file is deleted, truncated or replaced on disk. In-process: a job admitted

@@ -1,4 +1,4 @@
-"""Detector.score against a bare onnxruntime session on the same model and image (issue 16):
+"""Detector.score against a bare onnxruntime session on the same model and image:
 what the runtime adds around the graph, with each of its stages timed in the same run
 (zoom to the training fibre scale, the graph asked for two outputs, Omega and its regions,
 the image decision).

@@ -1,7 +1,7 @@
 """Peak RSS of a fresh process that loads the default model and scores one 4096x4096 image
 (tiled by the Detector, so memory is bounded by the tile, not the image), against the 2 GB
 budget; and a real server under 32 clients posting 512x352 PNGs for 20 s with the default
-settings (issue 16): its peak RSS against 400 MB, and its RSS once the load has ended
+settings: its peak RSS against 400 MB, and its RSS once the load has ended
 against its level after warm-up.
 
     python -m tests.bench.bench_memory [--side 4096] [--seconds 20]

@@ -1,10 +1,10 @@
-"""The serving pipeline without the model (issue 16): a real `nanoinspect serve` on a no-op
+"""The serving pipeline without the model: a real `nanoinspect serve` on a no-op
 graph (same inputs, outputs and metadata as the default model; every map is the image), fed
 1024x704 PNG micrographs by concurrent clients. What is left is decode, queue, post
 (Omega, regions), encode (mask PNG, JSON) and HTTP: its images/s, and per CPU-second of the
 server process (its rate per core), against the real model's Detector in this process.
-From the per-core rate and the README's GPU estimate: the CPU cores one GPU needs. Beside
-it, `nanoinspect score` on the same graph and images (decode, post, rows; no masks).
+From the per-core rate and the H100 estimate (quality/performance.md): the CPU cores one GPU
+needs. Beside it, `nanoinspect score` on the same graph and images (decode, post, rows; no masks).
 
     python -m tests.bench.bench_pipeline [--requests 96] [--clients 4]
 """
@@ -35,7 +35,7 @@ from tests.bench.common import (
 from tests.test_service_support import serve
 
 SECTION = "pipeline"
-GPU_IMAGES_S = (1250, 4100)  # README: one H100, fp32 on CUDA .. fp16 on TensorRT (an estimate)
+GPU_IMAGES_S = (1250, 4100)  # one H100, fp32 on CUDA .. fp16 on TensorRT (quality/performance.md)
 
 
 def stages(url: str, data: list[bytes]) -> dict[str, float]:

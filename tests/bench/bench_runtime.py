@@ -1,6 +1,6 @@
 """The scoring graph on onnxruntime versus the same weights in PyTorch eager (1024x704 grey,
 batch 1 and 8, same thread count), the achieved FLOP/s versus numpy's float32 matmul rate,
-and the shipped graph versus the one this code exports (the speed work of issue 7).
+and the shipped graph versus the one this code exports (what the graph's rewrites gained).
 
     python -m tests.bench.bench_runtime [--repeats 5]
 """
