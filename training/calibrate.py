@@ -144,11 +144,11 @@ def families(tried: list[Choice]) -> dict[str, dict]:
 
 
 def target_fpr_thresholds(
-    maps: list[np.ndarray], scores: np.ndarray, pixel_fpr: float, image_fpr: float
+    pixels: np.ndarray, scores: np.ndarray, pixel_fpr: float, image_fpr: float
 ) -> tuple[float, float]:
-    """gamma leaving pixel_fpr of the normal images' pixels above it (maps), tau the
+    """gamma leaving pixel_fpr of the normal images' pixels above it, tau the
     (1 - image_fpr) quantile of their image scores, taken at a score one of them has."""
-    gamma = float(np.quantile(np.concatenate([m.ravel() for m in maps]), 1 - pixel_fpr))
+    gamma = float(np.quantile(pixels, 1 - pixel_fpr))
     return gamma, float(np.quantile(scores, 1 - image_fpr, method="higher"))
 
 
@@ -245,8 +245,7 @@ def calibrate(
     if labelled:
         gamma, tau, method = _best_f1(det, check, best)
     else:
-        maps = [out["score_map"][0, 0] for out in clean]
-        gamma, tau = target_fpr_thresholds(maps, own[1], pixel_fpr, image_fpr)
+        gamma, tau = target_fpr_thresholds(*own, pixel_fpr, image_fpr)
         method = {"method": "target_fpr", "pixel_fpr": pixel_fpr, "image_fpr": image_fpr}
     terms = [graph_terms(im, out, meta.r_scale) for im, out in zip(normals, clean, strict=True)]
     meta = meta.with_(

@@ -8,6 +8,11 @@ strokes and polygons, made brighter, darker, flattened, domed or noisy, and scat
 small bright bodies a few fibre widths across (the commonest defect of electrospinning is a
 mat of beads, each too small for one pasted shape to stand for it). So the check is not the
 training task, and a model that only learned to undo its corruptions does not pass it.
+
+The check mixes and blurs the terms with the graph's own functions (models.scoring, its
+blur from models.gaussian). It ranks every checkpoint during training (rank_checkpoint) and
+chooses an artifact's settings at calibration; both divide the terms by their normal means
+with term_means.
 """
 
 from __future__ import annotations
