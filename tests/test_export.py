@@ -4,6 +4,7 @@ and its refusals, tiling, and the evaluation report."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,6 +13,7 @@ import pytest
 from models.artifact import FORMAT_VERSION, INPUTS, OUTPUTS
 from models.detector import Detector, tile_spans
 from models.errors import ArtifactError
+from models.scale import to_scale
 from models.scoring import skipped_terms
 from training.synth import draw_sample
 
@@ -70,6 +72,77 @@ def test_calibration_makes_normal_terms_average_one(tiny_model, synth_data):
     left_out = skipped_terms(det.meta.term_weights)
     for k, v in means.items():
         assert np.mean(v) == 0 if k in left_out else 0.3 < np.mean(v) < 3.0, k
+
+
+def _calibration_images(model, run, data=None):
+    """The normal and labelled images calibrate saw, at the model's working scale."""
+    from training.calibrate import zoomed
+    from training.export import calibration_set
+    from training.refit import load_checkpoint
+
+    meta, info = Detector(model, providers=("cpu",)).meta, load_checkpoint(run)["meta"]
+    holdout = info["holdout"] if data is None or data.resolve() == Path(info["data"]) else None
+    args = (info["train"]["crop_bottom"], holdout, info.get("sample_bits", 16))
+    normals, labelled = calibration_set(Path(info["data"]) if data is None else data, *args)
+    normals = [to_scale(im, meta.fibre_scale)[0] for im in normals]
+    return normals, [zoomed(s, meta.fibre_scale) for s in labelled]
+
+
+def _graph(det, images, alpha, sigma):
+    """The served graph's pixels (one array) and image scores on images at alpha, sigma."""
+    outs = [det.run(im[None, None], alpha, sigma, ("score_map", "score")) for im in images]
+    pixels = np.concatenate([o["score_map"].ravel() for o in outs])
+    return pixels, np.array([o["score"][0] for o in outs])
+
+
+@pytest.fixture(scope="module")
+def fpr_model(tiny_run, tmp_path_factory) -> Path:
+    """The tiny run exported on its own held-out normals alone: thresholds at target FPRs."""
+    from training.export import export
+
+    out = tmp_path_factory.mktemp("fpr") / "fpr.onnx"
+    export(tiny_run, out)
+    return out
+
+
+def test_thresholds_are_the_fpr_quantiles_of_the_graphs_own_outputs(fpr_model, tiny_run):
+    """gamma and tau are the target-FPR quantiles of the served graph's score_map and score
+    on the held-out normals; every override row keeps the own pair's share of normal pixels
+    above gamma and tau's standing (mean + z std), on the graph's outputs at that row."""
+    from training.calibrate import IMAGE_FPR, PIXEL_FPR
+
+    det = Detector(fpr_model, providers=("cpu",))
+    meta = det.meta
+    assert meta.calibration["method"] == "target_fpr"
+    normals, _ = _calibration_images(fpr_model, tiny_run)
+    pixels, scores = _graph(det, normals, meta.alpha, meta.sigma)
+    gamma = np.quantile(pixels, 1 - PIXEL_FPR)
+    tau = np.quantile(scores, 1 - IMAGE_FPR, method="higher")
+    assert meta.pixel_threshold == pytest.approx(gamma, rel=1e-5)
+    assert meta.image_threshold == pytest.approx(tau, rel=1e-5)
+    share = max(np.mean(pixels > gamma), 1 / pixels.size)
+    z = (tau - scores.mean()) / scores.std()
+    assert len(meta.thresholds) == 25
+    for alpha, sigma, gamma_at, tau_at in meta.thresholds:
+        pixels, scores = _graph(det, normals, alpha, sigma)
+        assert gamma_at == pytest.approx(np.quantile(pixels, 1 - share), rel=1e-4, abs=1e-6)
+        assert tau_at == pytest.approx(scores.mean() + z * scores.std(), rel=1e-4, abs=1e-6)
+
+
+def test_labelled_thresholds_are_the_best_f1_of_the_graphs_own_outputs(
+    tiny_model, tiny_run, synth_data
+):
+    from training.metrics import best_f1_threshold
+
+    det = Detector(tiny_model, providers=("cpu",))
+    assert det.meta.calibration["method"] == "best_f1"
+    _, labelled = _calibration_images(tiny_model, tiny_run, synth_data)
+    pixels, scores = _graph(det, [s.image for s in labelled], det.meta.alpha, det.meta.sigma)
+    masks = np.concatenate([s.mask.ravel() for s in labelled])
+    gamma, _ = best_f1_threshold(masks, pixels)
+    tau, _ = best_f1_threshold(np.array([s.kind != "good" for s in labelled]), scores)
+    assert det.meta.pixel_threshold == pytest.approx(gamma, rel=1e-5)
+    assert det.meta.image_threshold == pytest.approx(tau, rel=1e-5)
 
 
 def test_detector_scores_odd_sizes_and_batches_consistently(tiny_model):
@@ -206,7 +279,7 @@ def test_a_run_older_than_the_statistics_is_refitted_as_training_fitted(tiny_run
     from models.config import ModelConfig
     from models.networks import BiGAN
     from models.scoring import AnomalyScorer
-    from training.export import load_checkpoint, load_normal_fit
+    from training.refit import load_checkpoint, load_normal_fit
 
     ckpt = load_checkpoint(tiny_run)
     info, stored = ckpt["meta"], ckpt["normal_fit"]

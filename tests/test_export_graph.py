@@ -71,7 +71,8 @@ def test_a_term_without_weight_is_left_out_of_the_graph(tiny_run, tiny_model, tm
 
     from models.detector import Detector
     from training.ablation import read_meta
-    from training.export import scorer_from_artifact, scorer_from_run, with_meta
+    from training.export import scorer_from_artifact, with_meta
+    from training.refit import scorer_from_run
 
     scorer, _ = scorer_from_run(tiny_run)
     meta = read_meta(tiny_model)

@@ -7,22 +7,19 @@ from scipy import ndimage as ndi
 
 from models.config import ModelConfig
 from models.decision import image_decision
-from models.networks import BiGAN
-from models.scoring import (
-    BLUR_RADIUS,
+from models.gaussian import BLUR_RADIUS, Whitened, gaussian_blur
+from models.morphology import (
     STAT_STRIDE,
     STAT_WINDOWS,
-    AnomalyScorer,
-    Whitened,
     bodies,
-    fit_normal,
-    gaussian_blur,
     granulometry,
     line_opening,
     local_stats,
     opening,
     opening_side,
 )
+from models.networks import BiGAN
+from models.scoring import AnomalyScorer, fit_normal, mix, peak
 
 CFG = ModelConfig(channels=8, latent_channels=4, disc_channels=8)
 
@@ -71,11 +68,26 @@ def test_score_is_the_design_formula_and_its_peak_the_image_score(h, w):
     assert torch.equal(recon, recon2) and torch.equal(d, d2)
 
 
+def test_the_self_checks_order_blur_then_mix_gives_the_graphs_map():
+    """The self-check and calibration blur each term once per sigma and mix afterwards,
+    with the graph's own functions: the same map and peak as the graph's, at any weights."""
+    scorer = AnomalyScorer(BiGAN(CFG), fibre_scale=2.0).eval()
+    fit_normal(scorer, [torch.rand(1, 1, 64, 64) for _ in range(3)])
+    scorer.weights.copy_(torch.tensor([0.25, 0.25, 0.25, 0.25]))
+    x = torch.rand(2, 1, 72, 88)
+    with torch.no_grad():
+        smap, score, *_ = scorer(x, torch.tensor(0.3), torch.tensor(3.0))
+        blurred = [gaussian_blur(term, torch.tensor(3.0)) for term in scorer.terms(x)[:-1]]
+    again = mix((0.25, 0.25, 0.25, 0.25), 0.3, *blurred)
+    assert torch.allclose(again, smap, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(peak(again), score, rtol=1e-5, atol=1e-5)
+
+
 def test_whitened_term_is_the_mahalanobis_distance():
     """The 1x1-conv form equals (x - mu)^T Sigma^-1 (x - mu) of the fitted Gaussian."""
     rng = np.random.default_rng(0)
-    mix = rng.normal(size=(5, 5))
-    samples = torch.from_numpy(rng.normal(size=(4000, 5)) @ mix + 3.0).float()
+    mixing = rng.normal(size=(5, 5))
+    samples = torch.from_numpy(rng.normal(size=(4000, 5)) @ mixing + 3.0).float()
     term = Whitened(5)
     term.fit(samples, shrink=0.0)
     x = torch.from_numpy(rng.normal(size=(7, 5)) * 4).float()

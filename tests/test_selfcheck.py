@@ -1,11 +1,10 @@
-"""The label-free self-check: pasted defects, the numpy twin of the graph's blur, and the
-choice of settings it makes."""
+"""The label-free self-check: pasted defects, the choice of settings it makes, and the
+normalisation of the terms it ranks checkpoints with."""
 
 import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from models.scoring import gaussian_blur
 from training import selfcheck
 from training.synth import draw_normal
 
@@ -53,13 +52,6 @@ def test_scatters_are_many_small_bright_bodies_sized_by_the_fibre_scale():
         assert 1.0 < np.median(widths) < selfcheck.BODY[1] + 1
 
 
-def test_numpy_blur_is_the_graphs_blur():
-    x = np.random.default_rng(0).random((50, 70)).astype(np.float32)
-    for sigma in (1.0, 4.0, 8.0):
-        ref = gaussian_blur(torch.from_numpy(x)[None, None], torch.tensor(sigma))[0, 0].numpy()
-        np.testing.assert_allclose(selfcheck.blur(x, sigma), ref, rtol=1e-4, atol=1e-5)
-
-
 def test_choose_weights_the_term_that_carries_the_defects():
     """Only t sees the pasted regions, d, r and f are noise: the choice leans on t and the
     figures say it separates them; with the signal in f instead, it leans on f."""
@@ -67,11 +59,11 @@ def test_choose_weights_the_term_that_carries_the_defects():
     check = selfcheck.selfcheck_set(_normals(), seed=1)
     masks = [s.mask for s in check]
 
-    def terms(signal: str) -> list[dict[str, np.ndarray]]:
+    def terms(signal: str) -> list[selfcheck.Terms]:
         out = []
         for m in masks:
-            t = {k: rng.random(m.shape).astype(np.float32) for k in selfcheck.TERMS}
-            t[signal] = t[signal] + 3 * m
+            t = {k: torch.from_numpy(rng.random(m.shape, np.float32)) for k in selfcheck.TERMS}
+            t[signal] = t[signal] + 3 * torch.from_numpy(m)
             out.append(t)
         return out
 
@@ -80,3 +72,24 @@ def test_choose_weights_the_term_that_carries_the_defects():
         assert best.weights[index] >= 0.5, (signal, best)
         assert best.pixel_auroc > 0.95 and best.passed
         assert best.quality == max(c.quality for c in tried)
+
+
+def test_normalised_terms_average_one_on_the_normals():
+    """term_means is what the graph's scales divide out: after it, every term of the
+    normal maps averages 1, and the others are divided by the same numbers."""
+    rng = np.random.default_rng(0)
+    normal = [
+        {
+            k: torch.from_numpy(rng.random((8, 6), np.float32)) * (i + 2)
+            for i, k in enumerate(selfcheck.TERMS)
+        }
+        for _ in range(3)
+    ]
+    other = [{k: torch.ones(4, 4) for k in selfcheck.TERMS}]
+    means = selfcheck.term_means(normal)
+    for t in selfcheck.normalised(normal, means):
+        assert set(t) == set(selfcheck.TERMS)
+    for k in selfcheck.TERMS:
+        mean = np.mean([t[k].double().mean() for t in selfcheck.normalised(normal, means)])
+        assert abs(mean - 1) < 1e-6, k
+        assert torch.allclose(selfcheck.normalised(other, means)[0][k], 1 / torch.tensor(means[k]))

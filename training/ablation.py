@@ -29,7 +29,8 @@ def write_variants(model: Path, run: Path, out: Path) -> dict[str, Path]:
     """OUT/<family>.onnx for each family the model's calibration recorded a best choice of:
     the graph of run's checkpoint (the shipped graph may have left a family's terms out),
     with the model's calibration and the family's weights, alpha and sigma."""
-    from training.export import scorer_from_run, with_meta
+    from training.export import with_meta
+    from training.refit import scorer_from_run
 
     meta = read_meta(model)
     found = meta.calibration.get("families", {})

@@ -5,9 +5,13 @@
 2. alpha, sigma and the term weights: chosen by pixel AUROC + AUPRO + image AUROC on
    labelled defects when given, else on the self-check (the held-out normals with pasted
    synthetic defects, training/selfcheck.py). Never a silent default.
-3. gamma and tau: at target false-positive rates on the clean normal images, or at best F1
-   when labelled defects are given. The image decision is the score map's peak away from the
-   edge (models.decision).
+3. gamma and tau: from the calibrated graph's own outputs (`score_map`, `score`) at the
+   chosen alpha and sigma: at target false-positive rates on the clean normal images, or at
+   best F1 when labelled defects are given. The image decision is the score map's peak away
+   from the edge (models.decision).
+
+The self-check and the override thresholds read the graph's term outputs and mix and blur
+them with the graph's own functions (models.scoring), so no second copy of the math exists.
 """
 
 from __future__ import annotations
@@ -19,22 +23,25 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 from onnx import numpy_helper
 
 from models.artifact import ArtifactMeta
 from models.atomic import replacing
-from models.decision import EDGE, image_decision
+from models.decision import EDGE
 from models.detector import Detector
 from models.errors import ArtifactError, DataError, NanoinspectError
+from models.gaussian import gaussian_blur
 from models.ood import NormalModel
 from models.scale import resample, to_scale
-from models.scoring import skipped_terms
+from models.scoring import mix, peak, residual, skipped_terms
 from training import metrics, selfcheck
-from training.selfcheck import Choice, Labelled
+from training.selfcheck import TERMS, Choice, Labelled, Terms
 
 PIXEL_FPR = 0.005  # share of normal pixels above gamma (before min_area)
 IMAGE_FPR = 0.05  # share of normal images above tau
-SCALES = ("d_scale", "r_scale", "f_scale", "t_scale", "b_scale")
+SCALES = ("d_scale", "r_scale", "f_scale", "t_scale", "b_scale")  # in the order of TERMS
+TERM_OUTPUTS = ("reconstruction", "d_map", "f_map", "t_map", "b_map")
 CHECK_NORMALS = 12  # held-out normals the self-check pastes into (3 images each): enough to rank
 # below this many held-out normals the self-check's figures are not meaningful: its set is 3
 # pasted images per normal, and an AUROC over fewer than 15 images jumps by 0.07 per image
@@ -93,23 +100,33 @@ def write_artifact(model: onnx.ModelProto, meta: ArtifactMeta, path: Path) -> No
         onnx.save(model, tmp)
 
 
-def raw_terms(det: Detector, image: np.ndarray) -> dict[str, np.ndarray]:
-    """d, r, f, t, b (H, W) of one image as the graph computes them, before any weighting."""
-    maps = [f"{k}_map" for k in "dftb"]
-    out = det.run(image[None, None], 1.0, 0.0, ("reconstruction", *maps))
-    r = np.abs(out["reconstruction"][0, 0] - image) / det.meta.r_scale
-    return {"r": r} | {name[0]: out[name][0, 0] for name in maps}
+def graph_terms(image: np.ndarray, out: dict[str, np.ndarray], r_scale: float) -> Terms:
+    """d, r, f, t, b (H, W) of one image, before any weighting, from the graph's outputs
+    for it (TERM_OUTPUTS): r from its reconstruction by the graph's own residual."""
+    recon = torch.from_numpy(out["reconstruction"][0, 0])
+    maps = {k: torch.from_numpy(out[f"{k}_map"][0, 0]) for k in "dftb"}
+    return maps | {"r": residual(recon, torch.tensor(image), r_scale)}
 
 
-def _zoomed(sample: Labelled, scale: float) -> Labelled:
+def run_each(
+    det: Detector, images: list[np.ndarray], alpha: float, sigma: float, outputs: tuple[str, ...]
+) -> list[dict[str, np.ndarray]]:
+    """The graph's outputs for each image (H, W) alone: their sizes differ."""
+    return [det.run(image[None, None], alpha, sigma, outputs) for image in images]
+
+
+def terms_of(det: Detector, images: list[np.ndarray]) -> list[Terms]:
+    """The unweighted terms of each image as det's graph computes them."""
+    outs = run_each(det, images, 1.0, 0.0, TERM_OUTPUTS)
+    return [graph_terms(im, out, det.meta.r_scale) for im, out in zip(images, outs, strict=True)]
+
+
+def zoomed(sample: Labelled, scale: float) -> Labelled:
+    """A labelled image and its mask at the model's working scale, as the Detector sees it."""
     image, zoom = to_scale(sample.image, scale)
     if zoom == 1.0:
         return sample
     return Labelled(image, resample(sample.mask.astype(np.float32), image.shape) > 0.5, sample.kind)
-
-
-def _mix(choice: Choice, terms: dict[str, np.ndarray]) -> np.ndarray:
-    return selfcheck.blur(selfcheck.mix(choice.weights, choice.alpha, terms), choice.sigma)
 
 
 def families(tried: list[Choice]) -> dict[str, dict]:
@@ -126,46 +143,54 @@ def families(tried: list[Choice]) -> dict[str, dict]:
     return {k: asdict(max(v, key=lambda c: c.quality)) for k, v in pick.items() if v}
 
 
-def _blurred(x: np.ndarray, sigma: float) -> np.ndarray:
-    return x if sigma == 0 else selfcheck.blur(x, sigma)
+def target_fpr_thresholds(
+    pixels: np.ndarray, scores: np.ndarray, pixel_fpr: float, image_fpr: float
+) -> tuple[float, float]:
+    """gamma leaving pixel_fpr of the normal images' pixels above it, tau the
+    (1 - image_fpr) quantile of their image scores, taken at a score one of them has."""
+    gamma = float(np.quantile(pixels, 1 - pixel_fpr))
+    return gamma, float(np.quantile(scores, 1 - image_fpr, method="higher"))
 
 
 def override_thresholds(
     weights: tuple[float, ...],
-    clean: list[dict[str, np.ndarray]],
-    own: tuple[float, float, float, float],
+    clean: list[Terms],
+    own: tuple[np.ndarray, np.ndarray],
+    gamma: float,
+    tau: float,
     sigma_max: float,
 ) -> list[list[float]]:
     """[alpha, sigma, gamma, tau] per point of OVERRIDE_ALPHAS x OVERRIDE_SIGMAS (up to
-    sigma_max) that stand where the model's own (alpha, sigma, gamma, tau) stands among the
-    clean normals: gamma leaves the same share of normal pixels above it, tau lies as many
-    standard deviations above the normals' mean score. So an override changes what is
-    scored, not how strict the thresholds are, whichever way the own pair was chosen."""
+    sigma_max) that stand where the model's own gamma and tau stand among the clean
+    normals (own: their pixels and image scores, from the graph at its own pair): gamma
+    leaves the same share of normal pixels above it, tau lies as many standard deviations
+    above the normals' mean score. So an override changes what is scored, not how strict
+    the thresholds are, whichever way the own pair was chosen."""
     points = [(a, s) for s in OVERRIDE_SIGMAS if s <= sigma_max for a in OVERRIDE_ALPHAS]
-    maps = _override_maps(weights, clean, [*points, own[:2]])
-    pixels, scores = maps[own[:2]]
-    share = max(float(np.mean(pixels > own[2])), 1 / pixels.size)
-    z = (own[3] - scores.mean()) / max(float(scores.std()), 1e-12)
+    pixels, scores = own
+    share = max(float(np.mean(pixels > gamma)), 1 / pixels.size)
+    z = (tau - scores.mean()) / max(float(scores.std()), 1e-12)
     table = []
-    for alpha, sigma in points:
-        pixels, scores = maps[(alpha, sigma)]
-        gamma = float(np.quantile(pixels, 1 - share))
-        table.append([alpha, sigma, gamma, float(scores.mean() + z * scores.std())])
+    for (alpha, sigma), (values, images) in _override_maps(weights, clean, points).items():
+        gamma_at = float(np.quantile(values, 1 - share))
+        table.append([alpha, sigma, gamma_at, float(images.mean() + z * images.std())])
     return table
 
 
 def _override_maps(
-    weights: tuple[float, ...], clean: list[dict[str, np.ndarray]], points: list[tuple]
+    weights: tuple[float, ...], clean: list[Terms], points: list[tuple[float, float]]
 ) -> dict[tuple[float, float], tuple[np.ndarray, np.ndarray]]:
-    """Per (alpha, sigma): the normals' pixels (one array) and image scores. Blurring is
-    linear, so each term is blurred once per sigma and mixed per alpha."""
+    """Per (alpha, sigma), in the order of points: the normals' pixels (one array) and image
+    scores, by the graph's blur, mix and peak (models.scoring). Blurring is linear, so each
+    term is blurred once per sigma and mixed per alpha."""
     out = {}
-    for sigma in sorted({s for _, s in points}):
-        blurred = [{k: _blurred(c[k], sigma) for k in selfcheck.TERMS} for c in clean]
-        for alpha in sorted({a for a, s in points if s == sigma}):
-            maps = [selfcheck.mix(weights, alpha, b) for b in blurred]
-            pixels = np.concatenate([m.ravel() for m in maps])
-            out[(alpha, sigma)] = pixels, np.array([image_decision(m) for m in maps])
+    stacks = [torch.stack([c[k] for k in TERMS])[:, None] for c in clean]  # (5, 1, H, W)
+    for sigma in dict.fromkeys(s for _, s in points):
+        blurred = [gaussian_blur(x, torch.tensor(sigma))[:, None] for x in stacks]
+        for alpha in [a for a, s in points if s == sigma]:
+            maps = [mix(weights, alpha, *b) for b in blurred]  # (1, 1, H, W) each
+            pixels = np.concatenate([m.ravel().numpy() for m in maps])
+            out[(alpha, sigma)] = pixels, np.array([float(peak(m)) for m in maps])
     return out
 
 
@@ -196,32 +221,80 @@ def calibrate(
         raise DataError("calibration needs at least one held-out normal image")
     meta = det.meta.with_(min_area=det.meta.min_area if min_area is None else min_area)
     normals = [to_scale(img, meta.fibre_scale)[0] for img in normals]  # as the Detector sees them
-    labelled = [_zoomed(s, meta.fibre_scale) for s in labelled]
-    clean = [raw_terms(det, img) for img in normals]
-    scales = {
-        name: max(float(np.mean([c[k].mean(dtype=np.float64) for c in clean])), 1e-12)
-        * getattr(meta, name)
-        for k, name in zip(selfcheck.TERMS, SCALES, strict=True)
-    }
-    for c in clean:  # as the rescaled graph computes them
-        for k, name in zip(selfcheck.TERMS, SCALES, strict=True):
-            c[k] = c[k] * (getattr(meta, name) / scales[name])
-    meta = meta.with_(**scales)
-    write_artifact(onnx.load(path), meta, path)
-    det = Detector(path, providers=("cpu",))
+    labelled = [zoomed(s, meta.fibre_scale) for s in labelled]
+    meta = _set_scales(path, meta, terms_of(det, normals))
 
     check = list(labelled) or selfcheck.selfcheck_set(
         normals[:CHECK_NORMALS], seed, meta.fibre_scale
     )
-    terms = [raw_terms(det, s.image) for s in check]
     best, tried = selfcheck.choose(
-        terms,
+        terms_of(Detector(path, providers=("cpu",)), [s.image for s in check]),
         [s.mask for s in check],
         sigmas=selfcheck.SIGMAS if sigma is None else (sigma,),
         alphas=selfcheck.ALPHAS if alpha is None else (alpha,),
     )
+    meta = meta.with_(alpha=best.alpha, sigma=best.sigma, term_weights=list(best.weights))
+    write_artifact(onnx.load(path), meta, path)
+
+    det = Detector(path, providers=("cpu",))  # the graph as it will serve, at its own pair
+    clean = run_each(det, normals, best.alpha, best.sigma, ("score_map", "score", *TERM_OUTPUTS))
+    own = (
+        np.concatenate([out["score_map"].ravel() for out in clean]),
+        np.array([out["score"][0] for out in clean]),
+    )
+    if labelled:
+        gamma, tau, method = _best_f1(det, check, best)
+    else:
+        gamma, tau = target_fpr_thresholds(*own, pixel_fpr, image_fpr)
+        method = {"method": "target_fpr", "pixel_fpr": pixel_fpr, "image_fpr": image_fpr}
+    terms = [graph_terms(im, out, meta.r_scale) for im, out in zip(normals, clean, strict=True)]
+    meta = meta.with_(
+        normal_model=NormalModel.fit(normals).to_dict(),
+        thresholds=override_thresholds(best.weights, terms, own, gamma, tau, meta.sigma_max),
+        pixel_threshold=gamma,
+        image_threshold=tau,
+        calibration=_record(normals, labelled, check, best, tried, method),
+    )
+    write_artifact(onnx.load(path), meta, path)
+    return meta
+
+
+def _set_scales(path: Path, meta: ArtifactMeta, clean: list[Terms]) -> ArtifactMeta:
+    """Write into the graph at path the term scales that make each term average 1 on the
+    clean normals (their terms at meta's scales): meta's scales times the terms' means."""
+    means = selfcheck.term_means(clean)
+    scales = {name: means[k] * getattr(meta, name) for k, name in zip(TERMS, SCALES, strict=True)}
+    meta = meta.with_(**scales)
+    write_artifact(onnx.load(path), meta, path)
+    return meta
+
+
+def _best_f1(det: Detector, check: list[Labelled], best: Choice) -> tuple[float, float, dict]:
+    """gamma and tau at the best F1 on the labelled images, from the graph's map and score
+    of each at the chosen pair."""
+    outs = run_each(det, [s.image for s in check], best.alpha, best.sigma, ("score_map", "score"))
+    gamma, pixel_f1 = metrics.best_f1_threshold(
+        np.concatenate([s.mask.ravel() for s in check]),
+        np.concatenate([out["score_map"].ravel() for out in outs]),
+    )
+    tau, image_f1 = metrics.best_f1_threshold(
+        np.array([s.kind != "good" for s in check]), np.array([out["score"][0] for out in outs])
+    )
+    return gamma, tau, {"method": "best_f1", "pixel_f1": pixel_f1, "image_f1": image_f1}
+
+
+def _record(
+    normals: list[np.ndarray],
+    labelled: list[Labelled],
+    check: list[Labelled],
+    best: Choice,
+    tried: list[Choice],
+    method: dict,
+) -> dict:
+    """How the calibration was made, for the metadata: the images, the self-check's figures
+    and whether they mean anything, the candidates, the families, the thresholds' method."""
     meaningful = bool(labelled) or len(normals) >= MIN_CHECK_NORMALS
-    calibration: dict = {
+    return {
         "normal_images": len(normals),
         "labelled_images": len(labelled),
         "chosen_on": "labelled defects" if labelled else "self-check (pasted synthetic defects)",
@@ -239,39 +312,10 @@ def calibrate(
         "candidates": len(tried),
         "families": families(tried),
         "decision": f"max of the score map, {EDGE} px edge band left out",
-    }
-    if labelled:
-        maps = [_mix(best, t) for t in terms]
-        masks = [s.mask for s in check]
-        labels = np.array([s.kind != "good" for s in check])
-        gamma, pixel_f1 = metrics.best_f1_threshold(
-            np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps])
-        )
-        tau, image_f1 = metrics.best_f1_threshold(
-            labels, np.array([image_decision(m) for m in maps])
-        )
-        calibration |= {"method": "best_f1", "pixel_f1": pixel_f1, "image_f1": image_f1}
-    else:
-        maps = [_mix(best, t) for t in clean]
-        gamma = float(np.quantile(np.concatenate([m.ravel() for m in maps]), 1 - pixel_fpr))
-        tau = float(np.quantile([image_decision(m) for m in maps], 1 - image_fpr, method="higher"))
-        calibration |= {"method": "target_fpr", "pixel_fpr": pixel_fpr, "image_fpr": image_fpr}
-    calibration["at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    calibration["override_thresholds"] = (
-        "per (alpha, sigma): the share of normal pixels above gamma and tau's standing among "
-        "the normals' scores (mean + z std) kept as at the chosen pair"
-    )
-    meta = meta.with_(
-        normal_model=NormalModel.fit(normals).to_dict(),
-        thresholds=override_thresholds(
-            best.weights, clean, (best.alpha, best.sigma, gamma, tau), meta.sigma_max
+        **method,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "override_thresholds": (
+            "per (alpha, sigma): the share of normal pixels above gamma and tau's standing "
+            "among the normals' scores (mean + z std) kept as at the chosen pair"
         ),
-        alpha=best.alpha,
-        sigma=best.sigma,
-        term_weights=list(best.weights),
-        pixel_threshold=gamma,
-        image_threshold=tau,
-        calibration=calibration,
-    )
-    write_artifact(onnx.load(path), meta, path)
-    return meta
+    }

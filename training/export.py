@@ -1,6 +1,7 @@
 """Checkpoint -> one self-contained ONNX file: the scoring graph of models.scoring with
 dynamic N, H, W, metadata that says everything needed to use it, a parity check against
-torch on real images at two sizes, calibration, and onnx's full checker."""
+torch on real images at two sizes (training/parity.py), calibration, and onnx's full
+checker. Also a re-export of an artifact with this code's graph, and an fp16 copy."""
 
 from __future__ import annotations
 
@@ -18,78 +19,25 @@ from onnx import numpy_helper
 from models.artifact import INPUTS, OUTPUTS, ArtifactMeta
 from models.atomic import replacing
 from models.config import ModelConfig
-from models.detector import Detector
 from models.errors import NanoinspectError
+from models.gaussian import SIGMA_MAX
 from models.networks import BiGAN
 from models.phase import for_export, restore
-from models.scale import to_scale
-from models.scoring import SIGMA_MAX, AnomalyScorer, fit_normal, reach, skipped_terms
+from models.scoring import AnomalyScorer, reach, skipped_terms
 from training.calibrate import SCALES, calibrate, check_settings, write_artifact
 from training.data import find_dataset, load_images, load_mask
+from training.parity import check_fp16, check_parity
 from training.provenance import code_version
+from training.refit import scorer_from_run
 from training.selfcheck import Labelled
-from training.train import BEST, fit_sample, latest_checkpoint
 
-PARITY_SIZES = ((256, 256), (1024, 704))  # (width, height)
 PARITY_RTOL, PARITY_ATOL = 1e-3, 1e-4  # onnxruntime vs torch, on every output
 FP16_RTOL, FP16_ATOL = 1e-2, 1e-2  # fp16 graph vs fp32 graph, both on onnxruntime
 # kept in fp32 in an fp16 graph: the Gaussian's kernel, the means, the RMS
 FP32_OPS = ["Range", "Exp", "ReduceSum", "ReduceMean", "Pow", "Sqrt", "Resize"]
 FP32_WEIGHTS = ("features.weight", "stats.weight")  # and the convolutions that use them
-DEFAULT_SIGMA, DEFAULT_MIN_AREA = 2.0, 16  # sigma: only for the parity check
+DEFAULT_SIGMA, DEFAULT_MIN_AREA = 2.0, 16  # sigma: until calibration chooses one
 TERM_STATE = {"f": "features", "t": "stats", "b": "b_scale"}  # what a left-out term drops
-
-
-class ParityError(NanoinspectError):
-    code = "parity"
-
-
-def load_checkpoint(run: Path) -> dict:
-    """A checkpoint file, or a run's best one by the self-check (else its latest)."""
-    path = (
-        run if run.is_file() else (run / BEST if (run / BEST).is_file() else latest_checkpoint(run))
-    )
-    if path is None or not path.is_file():
-        raise NanoinspectError(f"{run}: no checkpoint (expected RUN_DIR/checkpoints/step_*.pt)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if "normal_fit" not in ckpt:
-        raise NanoinspectError(f"{path}: made by an older version (no normal fit): train again")
-    return ckpt
-
-
-def load_normal_fit(scorer: AnomalyScorer, ckpt: dict) -> None:
-    """The checkpoint's fitted normal Gaussians; refitted on the images training fitted them
-    on when the scoring graph's descriptors changed since (a run saved by an older version)."""
-    own = scorer.state_dict()
-    stored = ckpt["normal_fit"]  # None: saved on a stop signal, before any fit
-    if stored is not None and all(v.shape == own[k].shape for k, v in stored.items()):
-        scorer.load_state_dict(stored, strict=False)
-        return
-    info = ckpt["meta"]
-    data = Path(info["data"])
-    if not data.is_dir():
-        raise NanoinspectError(
-            f"the checkpoint's normal fit predates this version's statistics, and its training "
-            f"data {data} is gone to refit it: train again"
-        )
-    layout = find_dataset(data)
-    held = set(info["holdout"])
-    fit = [s for s in layout.train if str(s.path.relative_to(layout.root)) not in held]
-    crop, bits = info["train"]["crop_bottom"], info.get("sample_bits", 16)
-    scale = info.get("fibre_scale", 0.0)
-    images = [to_scale(im, scale)[0] for im in load_images(fit_sample(fit), crop, bits)]
-    fit_normal(scorer, [torch.tensor(im)[None, None] for im in images])  # a copy: writable
-
-
-def scorer_from_run(run: Path) -> tuple[AnomalyScorer, dict]:
-    """The scoring module of a run's best checkpoint (or a checkpoint file), with its
-    normal Gaussians, before calibration; and the checkpoint."""
-    ckpt = load_checkpoint(run)
-    bigan = BiGAN(ModelConfig.from_dict(ckpt["model_config"]))
-    bigan.load_state_dict(ckpt["model"])
-    scorer = AnomalyScorer(bigan, fibre_scale=ckpt["meta"].get("fibre_scale", 0.0)).eval()
-    load_normal_fit(scorer, ckpt)
-    return scorer, ckpt
 
 
 def with_meta(
@@ -106,8 +54,7 @@ def with_meta(
     write_artifact(onnx.load(path), meta, path)
     if not parity:
         return 0.0
-    images = [np.random.default_rng(i).random((256, 256), dtype=np.float32) for i in range(2)]
-    return check_parity(scorer, path, images)
+    return _parity(scorer, path, _noise())
 
 
 def calibration_set(
@@ -129,32 +76,14 @@ def calibration_set(
     return load_images(normals, crop_bottom, sample_bits), labelled
 
 
-def _fit(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """A real image brought to (height, width) by reflection and cropping."""
-    reps = (-(-height // image.shape[0]), -(-width // image.shape[1]))
-    tiled = np.concatenate([np.concatenate([image, image[::-1]])] * reps[0])
-    tiled = np.concatenate([np.concatenate([tiled, tiled[:, ::-1]], 1)] * reps[1], 1)
-    return np.ascontiguousarray(tiled[:height, :width])
+def _noise() -> list[np.ndarray]:
+    """Two images to check parity on when no real ones are at hand."""
+    return [np.random.default_rng(i).random((256, 256), dtype=np.float32) for i in range(2)]
 
 
-def check_parity(scorer: AnomalyScorer, path: Path, images: list[np.ndarray]) -> float:
-    """Largest |onnxruntime - torch| over all outputs; raises above the stated tolerance."""
-    det = Detector(path, providers=("cpu",))
-    worst = 0.0
-    for width, height in PARITY_SIZES:
-        batch = np.stack([_fit(img, width, height) for img in images[:2]])[:, None]
-        ort_out = det.run(batch, 0.5, DEFAULT_SIGMA)
-        with torch.no_grad():
-            ref = scorer(torch.from_numpy(batch), torch.tensor(0.5), torch.tensor(DEFAULT_SIGMA))
-        for name, t in zip(OUTPUTS, ref, strict=True):
-            a, b = ort_out[name], t.numpy()
-            worst = max(worst, float(np.abs(a - b).max()))
-            if not np.allclose(a, b, rtol=PARITY_RTOL, atol=PARITY_ATOL):
-                raise ParityError(
-                    f"export parity failed on {name} at {width}x{height}: max |ort - torch| = "
-                    f"{np.abs(a - b).max():.3g} (tolerance rtol {PARITY_RTOL}, atol {PARITY_ATOL})"
-                )
-    return worst
+def _parity(scorer: AnomalyScorer, path: Path, images: list[np.ndarray]) -> float:
+    """training.parity.check_parity within the tolerances export promises."""
+    return check_parity(scorer, path, images, rtol=PARITY_RTOL, atol=PARITY_ATOL)
 
 
 @contextmanager
@@ -230,8 +159,7 @@ def reexport(src: Path, out: Path) -> float:
     with replacing(out) as (tmp,):
         write_graph(scorer, tmp, meta.sigma)
         write_artifact(onnx.load(tmp), meta, tmp)
-        images = [np.random.default_rng(i).random((256, 256), dtype=np.float32) for i in range(2)]
-        parity = check_parity(scorer, tmp, images)
+        parity = _parity(scorer, tmp, _noise())
         onnx.checker.check_model(onnx.load(tmp), full_check=True)
     return parity
 
@@ -300,7 +228,7 @@ def export(
     with replacing(out) as (tmp,):
         write_graph(scorer, tmp)
         write_artifact(onnx.load(tmp), meta, tmp)
-        parity = check_parity(scorer, tmp, [*normals, *(s.image for s in labelled)])
+        parity = _parity(scorer, tmp, [*normals, *(s.image for s in labelled)])
         meta = calibrate(tmp, normals, labelled, alpha=alpha)
         parity = max(parity, prune(scorer, meta, tmp))
         onnx.checker.check_model(onnx.load(tmp), full_check=True)
@@ -321,21 +249,7 @@ def to_fp16(src: Path, out: Path) -> float:
     )
     with replacing(out) as (tmp,):
         onnx.save(half, tmp)
-        ref, det = Detector(src, providers=("cpu",)), Detector(tmp, providers=("cpu",))
-        rng = np.random.default_rng(0)
-        batch = rng.random((2, 1, 96, 128), dtype=np.float32)
-        a, b = (
-            ref.run(batch, ref.meta.alpha, ref.meta.sigma),
-            det.run(batch, ref.meta.alpha, ref.meta.sigma),
-        )
-        worst = max(float(np.abs(a[k] - b[k]).max()) for k in OUTPUTS)
-        for k in OUTPUTS:
-            if not np.allclose(b[k], a[k], rtol=FP16_RTOL, atol=FP16_ATOL):
-                raise ParityError(
-                    f"fp16 parity failed on {k}: max |fp16 - fp32| = "
-                    f"{np.abs(a[k] - b[k]).max():.3g} "
-                    f"(tolerance rtol {FP16_RTOL}, atol {FP16_ATOL})"
-                )
+        worst = check_fp16(src, tmp, rtol=FP16_RTOL, atol=FP16_ATOL)
     return worst
 
 

@@ -8,6 +8,11 @@ strokes and polygons, made brighter, darker, flattened, domed or noisy, and scat
 small bright bodies a few fibre widths across (the commonest defect of electrospinning is a
 mat of beads, each too small for one pasted shape to stand for it). So the check is not the
 training task, and a model that only learned to undo its corruptions does not pass it.
+
+The check mixes and blurs the terms with the graph's own functions (models.scoring, its
+blur from models.gaussian). It ranks every checkpoint during training (rank_checkpoint) and
+chooses an artifact's settings at calibration; both divide the terms by their normal means
+with term_means.
 """
 
 from __future__ import annotations
@@ -17,11 +22,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
 from models.decision import image_decision
-from models.scoring import BLUR_RADIUS, DEFAULT_FIBRE_SCALE
+from models.gaussian import gaussian_blur
+from models.morphology import DEFAULT_FIBRE_SCALE
+from models.scoring import AnomalyScorer, fit_normal, mix
 from training import metrics
 
 SHAPES = ("ellipse", "stroke", "polygon")
@@ -33,6 +42,7 @@ BODY = (1.5, 3.5)  # a body's half-width, in fibre scales (models.scale)
 SIGMAS = (2.0, 4.0, 8.0)
 ALPHAS = (0.0, 0.5, 1.0)
 TERMS = "drftb"
+Terms = dict[str, torch.Tensor]  # one image's unweighted term maps, by the letters of TERMS
 # (w_0, w_f, w_t, w_b): the mix of the BiGAN term, the feature likelihood, the local
 # statistics and the bodies, in quarters
 WEIGHTS = tuple(
@@ -173,24 +183,31 @@ def selfcheck_set(
     return out
 
 
-def blur(x: np.ndarray, sigma: float) -> np.ndarray:
-    """The graph's Gaussian (models.scoring.gaussian_blur) in scipy: same truncation, same
-    weighted mean at the border."""
-    kw = {"sigma": sigma, "mode": "constant", "cval": 0.0, "truncate": BLUR_RADIUS / sigma}
-    ones = ndi.gaussian_filter(np.ones(x.shape, np.float32), **kw)
-    return ndi.gaussian_filter(x.astype(np.float32), **kw) / ones
+def term_means(normal: Sequence[Terms]) -> dict[str, float]:
+    """Each term's mean over normal images (the mean of each image's mean): what the
+    graph's *_scale divides it by, so that every term averages 1 on normal images."""
+    return {
+        k: max(float(torch.stack([t[k].double().mean() for t in normal]).mean()), 1e-12)
+        for k in TERMS
+    }
 
 
-def _pool(x: np.ndarray) -> np.ndarray:
-    h, w = (s - s % POOL for s in x.shape)
-    return x[:h, :w].reshape(h // POOL, POOL, w // POOL, POOL).mean(axis=(1, 3))
+def normalised(terms: Sequence[Terms], means: dict[str, float]) -> list[Terms]:
+    """The terms divided by their normal means (term_means), as a calibrated graph gives them."""
+    return [{k: t[k] / means[k] for k in TERMS} for t in terms]
 
 
-def mix(weights: Sequence[float], alpha: float, terms: dict[str, np.ndarray]) -> np.ndarray:
-    """The graph's mix of the term maps, before its blur (models.scoring)."""
-    w, t = weights, terms
-    bigan = alpha * t["d"] + (1 - alpha) * t["r"]
-    return w[0] * bigan + w[1] * t["f"] + w[2] * t["t"] + w[3] * t["b"]
+def _pool(x: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) or (N, C, H, W): means over POOL x POOL cells, ragged rows and columns left out."""
+    return F.avg_pool2d(x, POOL)
+
+
+def _blurred(terms: Terms, sigma: float) -> list[torch.Tensor]:
+    """d, r, f, t, b of one image blurred by the graph's Gaussian, then pooled: (H/POOL, W/POOL)
+    each, on the CPU."""
+    stack = torch.stack([terms[k].float() for k in TERMS])[:, None]  # (5, 1, H, W)
+    blurred = gaussian_blur(stack, torch.tensor(sigma, device=stack.device))
+    return list(_pool(blurred)[:, 0].cpu().unbind())
 
 
 @dataclass(frozen=True)
@@ -215,7 +232,7 @@ class Choice:
 
 
 def choose(
-    terms: Sequence[dict[str, np.ndarray]],
+    terms: Sequence[Terms],
     masks: Sequence[np.ndarray],
     *,
     sigmas: Sequence[float] = SIGMAS,
@@ -224,17 +241,17 @@ def choose(
 ) -> tuple[Choice, list[Choice]]:
     """The best (alpha, sigma, weights) by pixel AUROC + AUPRO + image AUROC on the
     self-check set, and every candidate's figures. terms: per image the unblurred maps d,
-    r, f, t, b (H, W).
+    r, f, t, b (H, W), mixed and blurred by the graph's own functions (models.scoring).
     Blurring is linear, so each term is blurred once per sigma and mixed afterwards."""
-    labels = [_pool(m.astype(np.float32)) > 0.5 for m in masks]
+    labels = [_pool(torch.from_numpy(m.astype(np.float32))[None])[0].numpy() > 0.5 for m in masks]
     image_labels = np.array([m.any() for m in masks])
     tried = []
     for sigma in sigmas:
-        pooled = [{k: _pool(blur(t[k], sigma)) for k in TERMS} for t in terms]
+        blurred = [_blurred(t, sigma) for t in terms]
         for w, alpha in itertools.product(weights, alphas):
             if w[0] == 0 and alpha != alphas[0]:
                 continue  # alpha weighs nothing here
-            maps = [mix(w, alpha, p) for p in pooled]
+            maps = [mix(w, alpha, *b).numpy() for b in blurred]
             tried.append(
                 Choice(
                     alpha=alpha,
@@ -248,3 +265,25 @@ def choose(
                 )
             )
     return max(tried, key=lambda c: c.quality), tried
+
+
+@torch.no_grad()
+def rank_checkpoint(
+    scorer: AnomalyScorer, fit: list[np.ndarray], check: list[Labelled]
+) -> tuple[dict, Choice]:
+    """Fit the normal Gaussians, then score the self-check set: the fitted buffers (saved
+    with the checkpoint) and the best choice's figures (what checkpoints are ranked by)."""
+    dev = next(scorer.parameters()).device
+    fit_normal(scorer, [torch.tensor(im)[None, None].to(dev) for im in fit])
+    terms = []
+    for s in check:
+        maps = scorer.terms(torch.tensor(s.image)[None, None].to(dev))[:-1]
+        terms.append({k: v[0, 0].float().cpu() for k, v in zip(TERMS, maps, strict=True)})
+    state = {
+        k: v.cpu() for k, v in scorer.state_dict().items() if k.startswith(("features.", "stats."))
+    }
+    if not all(torch.isfinite(v).all() for t in terms for v in t.values()):
+        return state, Choice(0.0, 0.0, (1.0, 0.0, 0.0, 0.0), 0.0, 0.0, 0.0)  # ranks last
+    means = term_means([t for t, s in zip(terms, check, strict=True) if s.kind == "good"])
+    best, _ = choose(normalised(terms, means), [s.mask for s in check], sigmas=(4.0,))
+    return state, best

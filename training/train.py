@@ -30,7 +30,7 @@ from models.config import ModelConfig
 from models.errors import NanoinspectError
 from models.networks import BiGAN
 from models.scale import fibre_scale, to_scale, working_scale
-from models.scoring import AnomalyScorer, fit_normal
+from models.scoring import AnomalyScorer
 from training import selfcheck
 from training.config import TrainConfig, config_dict
 from training.corrupt import corrupt
@@ -96,34 +96,6 @@ def fit_sample(items: list) -> list:
     """The FIT_IMAGES of a run's fit set, spread over it, that the normal Gaussians are fitted
     on: export refits on the same ones when a run predates the scoring graph."""
     return items[:: max(1, len(items) // FIT_IMAGES)][:FIT_IMAGES]
-
-
-@torch.no_grad()
-def rank_checkpoint(
-    scorer: AnomalyScorer, fit: list[np.ndarray], check: list[selfcheck.Labelled]
-) -> tuple[dict, selfcheck.Choice]:
-    """Fit the normal Gaussians, then score the self-check set: the fitted buffers (saved
-    with the checkpoint) and the best choice's figures (what checkpoints are ranked by)."""
-    dev = next(scorer.parameters()).device
-    fit_normal(scorer, [torch.tensor(im)[None, None].to(dev) for im in fit])
-    terms = []
-    for s in check:
-        maps = scorer.terms(torch.tensor(s.image)[None, None].to(dev))[:-1]
-        terms.append(
-            {k: v[0, 0].float().cpu().numpy() for k, v in zip(selfcheck.TERMS, maps, strict=True)}
-        )
-    state = {
-        k: v.cpu() for k, v in scorer.state_dict().items() if k.startswith(("features.", "stats."))
-    }
-    if not all(np.isfinite(v).all() for t in terms for v in t.values()):
-        return state, selfcheck.Choice(0.0, 0.0, (1.0, 0.0, 0.0, 0.0), 0.0, 0.0, 0.0)  # ranks last
-    clean = [t for t, s in zip(terms, check, strict=True) if s.kind == "good"]
-    for k in selfcheck.TERMS:
-        scale = max(float(np.mean([t[k].mean() for t in clean])), 1e-12)
-        for t in terms:
-            t[k] = t[k] / scale
-    best, _ = selfcheck.choose(terms, [s.mask for s in check], sigmas=(4.0,))
-    return state, best
 
 
 def _time_up(
@@ -268,7 +240,7 @@ def train(
         if main and not ranked:
             tqdm.write(f"step {step}: weights saved (not ranked by the self-check)")
         elif main:
-            fitted, choice = rank_checkpoint(scorer, fit_images, check)
+            fitted, choice = selfcheck.rank_checkpoint(scorer, fit_images, check)
             better = choice.quality > best_quality
             best_quality = max(best_quality, choice.quality)
             ckpt = _state(step) | {

@@ -60,15 +60,17 @@ def checkpoint_quality(ckpt: Path, normals: list, tests: list) -> tuple[float, f
     from models.networks import BiGAN
     from models.scoring import AnomalyScorer
     from training.metrics import aupro, pixel_auroc
+    from training.selfcheck import TERMS, term_means
 
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     bigan = BiGAN(ModelConfig.from_dict(state["model_config"]))
     bigan.load_state_dict(state["model"])
     scorer = AnomalyScorer(bigan).eval()
     with torch.inference_mode():
-        terms = [scorer.terms(torch.from_numpy(im[None, None]))[:2] for im in normals]
-        scorer.d_scale.fill_(float(torch.stack([d.mean() for d, _ in terms]).mean()))
-        scorer.r_scale.fill_(float(torch.stack([r.mean() for _, r in terms]).mean()))
+        terms = [scorer.terms(torch.from_numpy(im[None, None]))[:-1] for im in normals]
+        means = term_means([dict(zip(TERMS, t, strict=True)) for t in terms])
+        scorer.d_scale.fill_(means["d"])
+        scorer.r_scale.fill_(means["r"])
         maps = [
             scorer(torch.from_numpy(im[None, None]), torch.tensor(0.5), torch.tensor(4.0))[0][
                 0, 0

@@ -90,7 +90,13 @@ def bench_model() -> Path:
     file is left alone."""
     code = b"".join(
         (ROOT / p).read_bytes()
-        for p in ("models/phase.py", "models/scoring.py", "training/export.py")
+        for p in (
+            "models/phase.py",
+            "models/scoring.py",
+            "models/gaussian.py",
+            "models/morphology.py",
+            "training/export.py",
+        )
     )
     key = hashlib.sha256(DEFAULT_MODEL.read_bytes() + code).hexdigest()[:12]
     path = CACHE / f"default-{key}.onnx"
