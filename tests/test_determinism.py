@@ -92,7 +92,7 @@ def test_rest_alone_batched_and_batch_job(tiny_model, images, reference, tmp_pat
     for name, data in images.items():
         (folder / name).write_bytes(data)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "service.cli", "score", str(tiny_model), str(folder), "--out",
+    cmd = [sys.executable, "-m", "cli", "score", str(tiny_model), str(folder), "--out",
            str(out), "--save-masks", "--no-progress"]  # fmt: skip
     env = os.environ | {"NANOINSPECT_PROVIDERS": "cpu"}
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
