@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from models.decision import IMAGE_FPR, PIXEL_FPR
+
 if TYPE_CHECKING:
     from models.artifact import ArtifactMeta
 
@@ -72,8 +74,8 @@ def calibrate(
     alpha: float | None = None,
     sigma: float | None = None,
     min_area: int | None = None,
-    pixel_fpr: float = 0.005,
-    image_fpr: float = 0.05,
+    pixel_fpr: float = PIXEL_FPR,
+    image_fpr: float = IMAGE_FPR,
 ) -> None:
     """Recalibrate a model in place on DATA: its normals, with pasted synthetic defects or,
     if DATA has them, labelled defects (thresholds then at best F1). Bad values are refused

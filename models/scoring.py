@@ -29,10 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.decision import EDGE
+from models.decision import EDGE, MARGIN
 from models.networks import BiGAN
 
-MARGIN = 16  # reflected context around the image: the convs' zero padding falls outside it
 BLUR_RADIUS = 32  # fixed kernel half-width of the in-graph Gaussian: sigma is usable up to 8
 SIGMA_MAX = BLUR_RADIUS / 4
 STAT_WINDOWS = (4, 12, 28)  # local statistics over these squares, on a grid of STAT_STRIDE

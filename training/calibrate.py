@@ -23,7 +23,7 @@ from onnx import numpy_helper
 
 from models.artifact import ArtifactMeta
 from models.atomic import replacing
-from models.decision import EDGE, image_decision
+from models.decision import EDGE, IMAGE_FPR, PIXEL_FPR, image_decision
 from models.detector import Detector
 from models.errors import ArtifactError, DataError, NanoinspectError
 from models.ood import NormalModel
@@ -32,8 +32,6 @@ from models.scoring import skipped_terms
 from training import metrics, selfcheck
 from training.selfcheck import Choice, Labelled
 
-PIXEL_FPR = 0.005  # share of normal pixels above gamma (before min_area)
-IMAGE_FPR = 0.05  # share of normal images above tau
 SCALES = ("d_scale", "r_scale", "f_scale", "t_scale", "b_scale")
 CHECK_NORMALS = 12  # held-out normals the self-check pastes into (3 images each): enough to rank
 # below this many held-out normals the self-check's figures are not meaningful: its set is 3
