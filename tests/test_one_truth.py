@@ -18,7 +18,7 @@ from service.batch.inputs import expand
 from tests.conftest import ROOT
 from training.data import find_dataset
 
-WRITERS = ("models", "training", "service")
+PACKAGES = ("models", "training", "service", "cli")  # the product's code
 MOVES = {"training/synth.py"}  # swaps a whole generated folder into place, not a file
 
 
@@ -41,7 +41,7 @@ def test_files_are_replaced_only_through_models_atomic():
     pattern = re.compile(r"\bos\.replace\(|\.rename\(")
     found = [
         f"{path.relative_to(ROOT)}:{n}"
-        for top in WRITERS
+        for top in PACKAGES
         for path in sorted((ROOT / top).rglob("*.py"))
         if str(path.relative_to(ROOT)) not in MOVES | {"models/atomic.py"}
         for n, line in enumerate(path.read_text().splitlines(), 1)
@@ -107,7 +107,7 @@ def test_a_constant_is_defined_in_one_module():
     """A second definition under the same name drifts from the first, or means something
     else under a name a reader takes for the same (MIN_SIDE once meant 8 and 24)."""
     where: dict[str, list[str]] = {}
-    for top in ("models", "training", "service", "cli"):
+    for top in PACKAGES:
         for path in sorted((ROOT / top).rglob("*.py")):
             for name in _constants(path):
                 where.setdefault(name, []).append(str(path.relative_to(ROOT)))
