@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-MARGIN = 16  # px of reflected context the graph adds around an image (models.scoring)
+MARGIN = 16  # px of reflected context around an image: the convs' zero padding falls outside it
 EDGE = 2 * MARGIN  # px of the image at the model's working scale left out of the decision
 PIXEL_FPR = 0.005  # calibration's default share of normal pixels above gamma (before min_area)
 IMAGE_FPR = 0.05  # calibration's default share of normal images above tau
