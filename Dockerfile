@@ -38,6 +38,7 @@ COPY pyproject.toml README.md ./
 COPY models/ models/
 COPY training/ training/
 COPY service/ service/
+COPY cli/ cli/
 RUN /opt/venv/bin/pip install '.[serve]' \
     && if /opt/venv/bin/python -c 'import torch' 2>/dev/null; then \
         echo 'torch must not be in the serving image' >&2; exit 1; fi

@@ -3,7 +3,7 @@
 #   docker build -f docker/train.Dockerfile -t nanoinspect-train:0.1.0 .
 #   docker run --gpus all --ipc=host -v "$PWD/data:/data:ro" -v "$PWD/runs:/runs" \
 #       nanoinspect-train:0.1.0 train /data/line3 --out /runs/line3 --device cuda
-#   # several GPUs: --entrypoint torchrun ... --standalone --nproc_per_node=4 -m service.cli train ...
+#   # several GPUs: --entrypoint torchrun ... --standalone --nproc_per_node=4 -m cli train ...
 #
 # torch's CUDA wheels carry their own CUDA libraries; the base supplies CUDA 13 + cuDNN 9 for
 # onnxruntime-gpu, which `export` runs for its parity check. TORCH pins torch like the Makefile
@@ -31,13 +31,14 @@ WORKDIR /src
 RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH"
 COPY pyproject.toml ./
-RUN mkdir models training service && touch README.md \
+RUN mkdir models training service cli && touch README.md \
     && /opt/venv/bin/pip install '.[train]' \
     && /opt/venv/bin/pip uninstall -y nanoinspect
 COPY README.md ./
 COPY models/ models/
 COPY training/ training/
 COPY service/ service/
+COPY cli/ cli/
 RUN /opt/venv/bin/pip install --no-deps .
 
 FROM ${BASE_IMAGE}

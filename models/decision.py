@@ -1,7 +1,7 @@
 """The image decision: the score map's peak, away from the image's edge.
 
 A defect covers 0.1-5 % of an image, so the map's peak ranks images where its mean cannot.
-Along the edge the graph sees reflected context (models.scoring.MARGIN): a fibre meets its
+Along the edge the graph sees MARGIN px of reflected context: a fibre meets its
 mirror image there and normal maps peak on the edge (7 of 16 normal test images of the
 default model). Leaving out a band of EDGE px raised the image AUROC of eight synthetic
 domains by 0.031 on average and lowered none by more than 0.005 (quality/decision/README.md).
@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-EDGE = 32  # px of the image at the model's working scale (twice the reflected margin)
+MARGIN = 16  # px of reflected context around an image: the convs' zero padding falls outside it
+EDGE = 2 * MARGIN  # px of the image at the model's working scale left out of the decision
+PIXEL_FPR = 0.005  # calibration's default share of normal pixels above gamma (before min_area)
+IMAGE_FPR = 0.05  # calibration's default share of normal images above tau
 
 
 def edge_band(shape: tuple[int, int], px: float = 1.0) -> int:

@@ -21,6 +21,7 @@ from models import ood
 from models.artifact import INPUTS, OUTPUTS, ArtifactMeta
 from models.decision import edge_band, image_decision
 from models.errors import ArtifactError, ImageError, NanoinspectError
+from models.images import MIN_IMAGE_SIDE
 from models.providers import unusable
 from models.regions import Region, interior, segment
 from models.scale import LIMITS, TOLERANCE, fibre_scale, resample, to_scale
@@ -33,8 +34,8 @@ PROVIDERS = {
     "cpu": "CPUExecutionProvider",
 }
 GPU_PROVIDERS = {PROVIDERS["tensorrt"], PROVIDERS["cuda"]}
-MIN_IMAGE_SIDE = 8  # smaller sides are refused; sides under MIN_SIDE are mirrored out
-MIN_SIDE = 24  # the graph reflects 16 px of context (+ stride padding) around an image
+MIN_SIDE = 24  # sides under it are mirrored out: the graph reflects MARGIN px + stride padding
+TILE = 1536  # px: images larger than this on a side are scored in tiles
 R = TypeVar("R")
 
 
@@ -155,7 +156,7 @@ class Detector:
         threads: int | None = None,
         batch_size: int = 8,
         batch_pixels: int | None = None,
-        tile: int = 1536,
+        tile: int = TILE,
         fixed_size: bool = False,
         trt_cache: str | Path | None = None,
     ):

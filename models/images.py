@@ -34,7 +34,7 @@ SUPPORTED_FORMATS = ("PNG", "TIFF", "JPEG", "BMP", "GIF", "WEBP")
 # the file names training, evaluation and the batch job take for images: SUPPORTED_FORMATS
 IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 MAX_PIXELS = 50_000_000  # the largest image, for the server (NANOINSPECT_MAX_PIXELS) and the rest
-MIN_SIDE = 8
+MIN_IMAGE_SIDE = 8  # px: smaller sides are refused everywhere
 MAX_ASPECT = 64
 MAX_COUNTED_PAGES = 1000
 
@@ -199,9 +199,10 @@ def _upright(im: Image.Image, notes: list[str]) -> None:
 def _check_shape(size: tuple[int, int], name: str, limit: int) -> None:
     """Reject tiny, huge and absurdly elongated images from the declared size alone."""
     w, h = size
-    if w < MIN_SIDE or h < MIN_SIDE:
+    if w < MIN_IMAGE_SIDE or h < MIN_IMAGE_SIDE:
         raise ImageError(
-            f"{name}: {w}x{h} pixels is too small (minimum {MIN_SIDE} per side)", code="bad_size"
+            f"{name}: {w}x{h} pixels is too small (minimum {MIN_IMAGE_SIDE} per side)",
+            code="bad_size",
         )
     if w * h > limit:
         raise ImageError(
@@ -302,8 +303,9 @@ def _crop(grey: np.ndarray, crop_bottom: object, name: str) -> np.ndarray:
     h = grey.shape[0]
     setting = crop_setting(crop_bottom)
     rows = setting if isinstance(setting, int) else round(h * setting)
-    if h - rows < MIN_SIDE:
+    if h - rows < MIN_IMAGE_SIDE:
         raise ImageError(
-            f"{name}: cropping {rows} of {h} rows leaves fewer than {MIN_SIDE}", code="bad_size"
+            f"{name}: cropping {rows} of {h} rows leaves fewer than {MIN_IMAGE_SIDE}",
+            code="bad_size",
         )
     return grey[: h - rows]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MAX_PIXELS = 1 << 20  # intensity summaries use a strided subsample of at most this many
+SUMMARY_PIXELS = 1 << 20  # intensity summaries use a strided subsample of at most this many
 FLAT = 0.01  # std below this: a constant frame (normal micrographs: 0.11-0.27)
 DARK, BRIGHT = 0.02, 0.98  # a frame whose 99th percentile is below DARK is black, etc.
 SATURATED = 0.995  # pixels at or above this are at full scale
@@ -41,7 +41,7 @@ SUMMARIES = {  # name: what it measures (the reason printed when out of range)
 
 def summarise(image: np.ndarray) -> dict[str, float]:
     """The image-level summaries of a grey float image (H, W) in [0, 1]."""
-    step = max(1, int(np.ceil(np.sqrt(image.size / MAX_PIXELS))))
+    step = max(1, int(np.ceil(np.sqrt(image.size / SUMMARY_PIXELS))))
     sub = image[::step, ::step].astype(np.float64)
     p01, p99 = np.percentile(sub, [1, 99])
     return {

@@ -66,11 +66,12 @@ def resample_factor(train_scale: float, image_scale: float) -> float:
 
 
 def resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A float32 (H, W) map or image brought to shape (rows, cols), bilinear."""
+    """A float32 (H, W) map or image brought to shape (rows, cols), bilinear. Writable: a
+    view of PIL's buffer would be read-only, which torch.from_numpy warns about."""
     from PIL import Image
 
     out = Image.fromarray(np.ascontiguousarray(image, np.float32), mode="F")
-    return np.asarray(out.resize((shape[1], shape[0]), Image.BILINEAR), np.float32)
+    return np.array(out.resize((shape[1], shape[0]), Image.BILINEAR), np.float32)
 
 
 def to_scale(image: np.ndarray, target: float, rounds: int = 2) -> tuple[np.ndarray, float]:

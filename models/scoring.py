@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.decision import EDGE
+from models.decision import EDGE, MARGIN
 from models.gaussian import BLUR_RADIUS, Whitened, gaussian_blur
 from models.morphology import (
     BODY_LINE,
@@ -44,7 +44,6 @@ from models.morphology import (
 )
 from models.networks import BiGAN
 
-MARGIN = 16  # reflected context around the image: the convs' zero padding falls outside it
 NETWORK_REACH = 8  # latent cells: more than E, G and D see around a cell together
 
 

@@ -1,1 +1,1 @@
-"""Online side: the FastAPI app, the batch scoring job and the command line. Torch-free."""
+"""Online side: the FastAPI app and the batch scoring job. Torch-free."""

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 import models
+from models.detector import TILE
 from models.images import MAX_PIXELS
 
 DEFAULT_MODEL = Path(models.__file__).parent / "default.onnx"
@@ -25,7 +26,7 @@ class Settings(BaseSettings):
     providers: CommaList = Field(["cuda", "cpu"], description="onnxruntime providers, in order")
     require_gpu: bool = Field(False, description="refuse to serve on the CPU")
     threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads")
-    tile: int = Field(1536, ge=64, description="images larger than this on a side are tiled")
+    tile: int = Field(TILE, ge=64, description="images larger than this on a side are tiled")
     fixed_size: bool = Field(
         False, description="all images share one size: cuDNN searches its fastest convolutions"
     )

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from cli import app
 from models.config import ModelConfig
 from models.detector import Detector
 from models.images import load_image
-from service.cli import app
 from training.calibrate import calibrate_in_place
 from training.config import TrainConfig
 from training.export import calibration_set, export

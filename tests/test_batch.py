@@ -14,13 +14,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from cli import app
 from models.detector import Detector
 from models.errors import NanoinspectError
 from models.images import load_image
 from service.batch.driver import run
 from service.batch.inputs import check_output_names, expand
 from service.batch.job import Job
-from service.cli import app
 from tests.conftest import ready_client
 from tests.test_batch_support import make_bad, make_inputs, same_results, table
 

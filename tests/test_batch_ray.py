@@ -62,7 +62,7 @@ def test_ray_engine_equals_local_engine(tiny_model, tmp_path):
 def test_ray_run_prints_no_notices(tiny_model, synth_data, tmp_path):
     """A successful run: our summary line, not Ray's notices that token auth is on or that
     progress bars are off (the pipeline turns them off on purpose)."""
-    cmd = [sys.executable, "-m", "service.cli", "score", str(tiny_model),
+    cmd = [sys.executable, "-m", "cli", "score", str(tiny_model),
            str(synth_data / "test" / "good"), "--engine", "ray", "--no-progress",
            "--out", str(tmp_path / "out")]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)

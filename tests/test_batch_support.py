@@ -95,7 +95,7 @@ def same_results(a: pa.Table, b: pa.Table, rtol: float = 1e-5) -> bool:
 
 def cli(*args: str, **kw) -> subprocess.Popen:
     """`nanoinspect score ...` as a separate process (torch hidden: it must not be needed)."""
-    code = "import sys; sys.modules['torch'] = None; from service.cli import app; app()"
+    code = "import sys; sys.modules['torch'] = None; from cli import app; app()"
     return subprocess.Popen(
         [sys.executable, "-c", code, "score", *args, "--no-progress"],
         cwd=ROOT,

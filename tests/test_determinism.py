@@ -66,7 +66,9 @@ def test_detector_alone_and_batched(tiny_model, images, reference):
 
 
 def test_rest_alone_batched_and_batch_job(tiny_model, images, reference, tmp_path):
-    env = {"NANOINSPECT_BATCH_WAIT_MS": "300"}  # the multi-image request fills one batch
+    # the multi-image request fills one batch: its images are decoded side by side, and a loaded
+    # machine may finish them hundreds of ms apart
+    env = {"NANOINSPECT_BATCH_WAIT_MS": "2000"}
     params = {"mask_format": "rle"}
     with serve([str(tiny_model)], tmp_path / "log.txt", env) as s:
         for name, data in images.items():
@@ -92,7 +94,7 @@ def test_rest_alone_batched_and_batch_job(tiny_model, images, reference, tmp_pat
     for name, data in images.items():
         (folder / name).write_bytes(data)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "service.cli", "score", str(tiny_model), str(folder), "--out",
+    cmd = [sys.executable, "-m", "cli", "score", str(tiny_model), str(folder), "--out",
            str(out), "--save-masks", "--no-progress"]  # fmt: skip
     env = os.environ | {"NANOINSPECT_PROVIDERS": "cpu"}
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -42,7 +42,7 @@ def test_torchrun_two_gloo_processes(synth_data, tmp_path, stop):
         "--standalone",
         "--nproc_per_node=2",
         "-m",
-        "service.cli",
+        "cli",
         "train",
         str(synth_data),
         "--out",

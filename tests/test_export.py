@@ -109,7 +109,7 @@ def test_thresholds_are_the_fpr_quantiles_of_the_graphs_own_outputs(fpr_model, t
     """gamma and tau are the target-FPR quantiles of the served graph's score_map and score
     on the held-out normals; every override row keeps the own pair's share of normal pixels
     above gamma and tau's standing (mean + z std), on the graph's outputs at that row."""
-    from training.calibrate import IMAGE_FPR, PIXEL_FPR
+    from models.decision import IMAGE_FPR, PIXEL_FPR
 
     det = Detector(fpr_model, providers=("cpu",))
     meta = det.meta

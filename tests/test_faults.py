@@ -108,7 +108,7 @@ def _score(model: Path, inputs: Path, out: Path, kinds: list[str], limit: int | 
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    cmd = [sys.executable, "-m", "service.cli", "score", str(model), str(inputs), "--out",
+    cmd = [sys.executable, "-m", "cli", "score", str(model), str(inputs), "--out",
            str(out), *kinds, "--part-rows", "4", "--no-progress", "--workers", "1"]  # fmt: skip
     env = os.environ | {"NANOINSPECT_PROVIDERS": "cpu"}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,

@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from cli import app
 from models.detector import Detector
 from models.images import load_image
-from service.cli import app
 from tests.conftest import ready_client
 
 TINY = """[model]
@@ -220,7 +220,7 @@ def test_training_records_the_depth_of_its_images(synth_data, tmp_path):
 
 def _cli(*args, **kw) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "service.cli", *map(str, args)],
+        [sys.executable, "-m", "cli", *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -34,6 +34,10 @@ from tests.hostile_corpus import (
 )
 from tests.test_service_support import Server, defect_png, serve
 
+# Two servers: one whose deadlines no body or head here can miss, however loaded the machine
+# (the 60 MB bodies are answered for their content, never 408), and one whose short deadlines
+# the slow and stalled clients, which never finish, are cut off by.
+DEADLINE_S = 120
 UPLOAD_TIMEOUT_S = 2
 HEADER_TIMEOUT_S = 2
 BUDGET = 100 << 20  # two 60 MB bodies cannot be received at once
@@ -49,17 +53,28 @@ def rss(server: Server, field: str = "VmRSS") -> int:
     return int(line.split()[1]) * 1024
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory) -> Iterator[Server]:
+def _serve(model, folder, upload_timeout_s: float, header_timeout_s: float) -> Iterator[Server]:
     env = {
-        "NANOINSPECT_UPLOAD_TIMEOUT_S": str(UPLOAD_TIMEOUT_S),
-        "NANOINSPECT_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+        "NANOINSPECT_UPLOAD_TIMEOUT_S": str(upload_timeout_s),
+        "NANOINSPECT_HEADER_TIMEOUT_S": str(header_timeout_s),
         "NANOINSPECT_UPLOAD_BUDGET_BYTES": str(BUDGET),
         "NANOINSPECT_LOG_FORMAT": "json",
     }
-    with serve([str(tiny_model)], tmp_path_factory.mktemp("hostile") / "log.txt", env) as s:
+    with serve([str(model)], folder / "log.txt", env) as s:
         s.rss0 = rss(s)  # type: ignore[attr-defined]
         yield s
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory) -> Iterator[Server]:
+    yield from _serve(tiny_model, tmp_path_factory.mktemp("hostile"), DEADLINE_S, DEADLINE_S)
+
+
+@pytest.fixture(scope="module")
+def strict(tiny_model, tmp_path_factory) -> Iterator[Server]:
+    """A server with the 2 s deadlines, for clients that never finish."""
+    folder = tmp_path_factory.mktemp("deadlines")
+    yield from _serve(tiny_model, folder, UPLOAD_TIMEOUT_S, HEADER_TIMEOUT_S)
 
 
 @dataclass
@@ -254,20 +269,20 @@ def test_http_framing_errors_close_the_connection(server, head):
     assert httpx.get(server.url + "/healthz").status_code == 200
 
 
-def test_slow_uploads_get_408_while_health_answers(server):
+def test_slow_uploads_get_408_while_health_answers(strict):
     body = multipart(file_part(defect_png()))
     mp = {"Content-Type": MULTIPART}
     slow = {
         "drip": lambda: exchange(
-            server, request_head("POST", "/v1/score", mp | {"Content-Length": str(len(body))}),
+            strict, request_head("POST", "/v1/score", mp | {"Content-Length": str(len(body))}),
             body, pause=0.05,
         ),
         "stalled chunked": lambda: exchange(
-            server, request_head("POST", "/v1/score", mp | {"Transfer-Encoding": "chunked"}),
+            strict, request_head("POST", "/v1/score", mp | {"Transfer-Encoding": "chunked"}),
             b"100\r\n" + body[:256] + b"\r\n",
         ),
         "short body": lambda: exchange(
-            server, request_head("POST", "/v1/score", mp | {"Content-Length": str(len(body) + 9)}),
+            strict, request_head("POST", "/v1/score", mp | {"Content-Length": str(len(body) + 9)}),
             body,
         ),
     }  # fmt: skip
@@ -275,8 +290,8 @@ def test_slow_uploads_get_408_while_health_answers(server):
         pending = {name: pool.submit(fn) for name, fn in slow.items()}
         time.sleep(0.5)
         assert not any(f.done() for f in pending.values())  # all three are still open
-        assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200
-        assert post(server, body).status == 200  # and real work goes on beside them
+        assert httpx.get(strict.url + "/healthz", timeout=5).status_code == 200
+        assert post(strict, body).status == 200  # and real work goes on beside them
         # cut off, not held forever: a hang fails on the result's timeout
         replies = {name: f.result(timeout=UPLOAD_TIMEOUT_S + 20) for name, f in pending.items()}
     for name, reply in replies.items():
@@ -284,7 +299,7 @@ def test_slow_uploads_get_408_while_health_answers(server):
         assert reply.headers["connection"] == "close", name
 
 
-def test_unfinished_request_heads_are_cut_off(server):
+def test_unfinished_request_heads_are_cut_off(strict):
     """Slowloris: a head dripped one header line at a time, on a new connection and after a
     completed request on a kept-alive one, gets 408 once HEADER_TIMEOUT_S has passed since
     it began (the drip does not extend it); a connection that sends nothing is closed
@@ -302,15 +317,15 @@ def test_unfinished_request_heads_are_cut_off(server):
         return read_reply(sock)
 
     with (
-        open_socket(server, 20) as fresh,
-        open_socket(server, 20) as kept,
-        open_socket(server, 20) as silent,
+        open_socket(strict, 20) as fresh,
+        open_socket(strict, 20) as kept,
+        open_socket(strict, 20) as silent,
     ):
         kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         assert read_reply(kept).status == 200
         with ThreadPoolExecutor(2) as pool:
             replies = list(pool.map(drip, [fresh, kept]))
-            assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200
+            assert httpx.get(strict.url + "/healthz", timeout=5).status_code == 200
         assert silent.recv(1) == b""  # closed, no bytes
     for reply in replies:
         assert (reply.status, reply.json_error()) == (408, "header_timeout")

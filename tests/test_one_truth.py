@@ -3,6 +3,8 @@ uses: the atomic replacement of files, the image file names, the artifact's code
 
 from __future__ import annotations
 
+import ast
+import inspect
 import re
 import subprocess
 from pathlib import Path
@@ -16,7 +18,7 @@ from service.batch.inputs import expand
 from tests.conftest import ROOT
 from training.data import find_dataset
 
-WRITERS = ("models", "training", "service")
+PACKAGES = ("models", "training", "service", "cli")  # the product's code
 MOVES = {"training/synth.py"}  # swaps a whole generated folder into place, not a file
 
 
@@ -39,7 +41,7 @@ def test_files_are_replaced_only_through_models_atomic():
     pattern = re.compile(r"\bos\.replace\(|\.rename\(")
     found = [
         f"{path.relative_to(ROOT)}:{n}"
-        for top in WRITERS
+        for top in PACKAGES
         for path in sorted((ROOT / top).rglob("*.py"))
         if str(path.relative_to(ROOT)) not in MOVES | {"models/atomic.py"}
         for n, line in enumerate(path.read_text().splitlines(), 1)
@@ -89,3 +91,42 @@ def test_json_log_lines_come_from_python_json_logger(capsys):
     assert set(line) == {"ts", "level", "logger", "msg", "request_id", "status"}
     assert (line["level"], line["msg"], line["status"]) == ("warning", "hi 1", 200)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}", line["ts"])
+
+
+def _constants(path: Path) -> set[str]:
+    """The UPPER_CASE names a module assigns at its top level."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        targets += [node.target] if isinstance(node, ast.AnnAssign) else []
+        names.update(t.id for t in targets if isinstance(t, ast.Name) and t.id.isupper())
+    return names
+
+
+def test_a_constant_is_defined_in_one_module():
+    """A second definition under the same name drifts from the first, or means something
+    else under a name a reader takes for the same (MIN_SIDE once meant 8 and 24)."""
+    where: dict[str, list[str]] = {}
+    for top in PACKAGES:
+        for path in sorted((ROOT / top).rglob("*.py")):
+            for name in _constants(path):
+                where.setdefault(name, []).append(str(path.relative_to(ROOT)))
+    assert {name: paths for name, paths in where.items() if len(paths) > 1} == {}
+
+
+def test_every_surface_takes_its_default_from_the_one_definition():
+    from cli.model import calibrate as calibrate_command
+    from models.decision import EDGE, IMAGE_FPR, MARGIN, PIXEL_FPR
+    from models.detector import TILE, Detector
+    from service.settings import Settings
+    from training.calibrate import calibrate
+
+    def defaults(fn, *names):
+        params = inspect.signature(fn).parameters
+        return tuple(params[n].default for n in names)
+
+    assert EDGE == 2 * MARGIN
+    assert Settings.model_fields["tile"].default == defaults(Detector, "tile")[0] == TILE
+    fprs = (PIXEL_FPR, IMAGE_FPR)
+    assert defaults(calibrate_command, "pixel_fpr", "image_fpr") == fprs
+    assert defaults(calibrate, "pixel_fpr", "image_fpr") == fprs

@@ -6,7 +6,15 @@ import onnx
 from scipy import ndimage as ndi
 
 from models.detector import Detector
-from models.scale import TOLERANCE, WORKING, fibre_scale, resample_factor, to_scale, working_scale
+from models.scale import (
+    TOLERANCE,
+    WORKING,
+    fibre_scale,
+    resample,
+    resample_factor,
+    to_scale,
+    working_scale,
+)
 from training.calibrate import write_artifact
 from training.synth import draw_normal
 
@@ -70,3 +78,10 @@ def test_working_scale_is_the_median_within_its_bounds():
     assert working_scale([1.8, 2.0, 2.2]) == WORKING[0]
     assert working_scale([14.0, 15.0, 30.0]) == WORKING[1]
     assert working_scale([3.5, 4.0, 9.0]) == 4.0
+
+
+def test_a_zoomed_image_is_writable():
+    """Training hands zoomed images to torch.from_numpy, which warns on a read-only array."""
+    image = np.random.default_rng(0).random((40, 60), dtype=np.float32)
+    out = resample(image, (50, 75))
+    assert out.shape == (50, 75) and out.dtype == np.float32 and out.flags.writeable

@@ -361,7 +361,7 @@ sys.modules["torch"] = None  # any import of torch now fails
 import asyncio, httpx
 from service.app import create_app
 from service.settings import Settings
-import service.cli
+import cli
 
 async def main():
     s = Settings(model={str(tiny_model)!r}, providers=["cpu"], fail_on_bad_model=True)

@@ -155,7 +155,7 @@ def test_missing_model_keeps_readyz_503(tmp_path):
 def test_corrupt_model_fails_startup_when_configured(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x08\x07garbage")
-    cmd = [sys.executable, "-m", "service.cli", "serve", str(bad), "--fail-on-bad-model",
+    cmd = [sys.executable, "-m", "cli", "serve", str(bad), "--fail-on-bad-model",
            "--port", "0", "--providers", "cpu"]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     # checked before the server starts: one line, exit 3, no lifespan traceback

@@ -147,7 +147,7 @@ def serve(
     """`nanoinspect serve ARGS` on a free loopback port; waits for /readyz (or only for the
     socket when ready=False) and always kills the process afterwards."""
     port = free_port()
-    cmd = [sys.executable, "-m", "service.cli", "serve", *args, "--port", str(port)]
+    cmd = [sys.executable, "-m", "cli", "serve", *args, "--port", str(port)]
     full_env = os.environ | {"NANOINSPECT_PROVIDERS": "cpu", "NANOINSPECT_THREADS": "1"}
     full_env |= env or {}
     with log.open("wb") as out:

@@ -12,8 +12,8 @@ from PIL import Image
 from scipy import ndimage as ndi
 from typer.testing import CliRunner
 
+from cli import app
 from models.errors import DataError
-from service.cli import app
 from training import synth
 from training.domains import DEFAULT_DOMAIN, DOMAINS, get_domain
 

@@ -111,7 +111,7 @@ def test_divergence_names_the_step_and_keeps_the_last_checkpoint(tmp_path):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=300
     )
 
 

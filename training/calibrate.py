@@ -28,7 +28,7 @@ from onnx import numpy_helper
 
 from models.artifact import ArtifactMeta
 from models.atomic import replacing
-from models.decision import EDGE
+from models.decision import EDGE, IMAGE_FPR, PIXEL_FPR
 from models.detector import Detector
 from models.errors import ArtifactError, DataError, NanoinspectError
 from models.gaussian import gaussian_blur
@@ -38,8 +38,6 @@ from models.scoring import mix, peak, residual, skipped_terms
 from training import metrics, selfcheck
 from training.selfcheck import TERMS, Choice, Labelled, Terms
 
-PIXEL_FPR = 0.005  # share of normal pixels above gamma (before min_area)
-IMAGE_FPR = 0.05  # share of normal images above tau
 SCALES = ("d_scale", "r_scale", "f_scale", "t_scale", "b_scale")  # in the order of TERMS
 TERM_OUTPUTS = ("reconstruction", "d_map", "f_map", "t_map", "b_map")
 CHECK_NORMALS = 12  # held-out normals the self-check pastes into (3 images each): enough to rank

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 GRAINS = (32, 16, 8)  # px per noise cell: coarse, middle and fine blobs
-FILLS = 5  # flat, blurred, inverted, brightened, noisy: each visible on any mat
+FILL_KINDS = 5  # flat, blurred, inverted, brightened, noisy: each visible on any mat
 
 
 def _blobs(b: int, p: int, g: torch.Generator) -> torch.Tensor:
@@ -48,7 +48,7 @@ def corrupt(x: torch.Tensor, prob: float, g: torch.Generator) -> tuple[torch.Ten
     inverted = 1 - x  # a foreign texture: dark lines on a bright ground
     brighter = x * (1.2 + 0.8 * u[:, 1:2]) + 0.2
     noisy = x + (0.2 + 0.2 * u[:, 2:3]) * torch.randn(x.shape, generator=g)
-    kind = torch.randint(0, FILLS, (b, 1, 1, 1), generator=g)
+    kind = torch.randint(0, FILL_KINDS, (b, 1, 1, 1), generator=g)
     fill = torch.stack([flat, blurred, inverted, brighter, noisy]).gather(
         0, kind[None].expand(1, *x.shape)
     )[0]

@@ -37,7 +37,7 @@ from training.quality_run import (
 )
 
 SEED_TRAIN, SEED_TEST = 0, 1
-METRICS = (  # (metrics.json key, column)
+COLUMNS = (  # (metrics.json key, column)
     ("image_auroc", "image AUROC"),
     ("pixel_auroc", "pixel AUROC"),
     ("aupro", "AUPRO@0.3"),
@@ -114,7 +114,7 @@ def run_domain(name: str, work: Path, settings: dict, train_flags: list[str]) ->
     row_ablation = {f: {k: unit(m.get(k)) for k in ablation.METRICS} for f, m in found.items()}
     tests = [p for kind in sorted((d / "test" / "test").iterdir()) for p in files(kind)]
     speed = detector_speed(model, tests)
-    row = {key: unit(m.get(key)) for key, _ in METRICS}
+    row = {key: unit(m.get(key)) for key, _ in COLUMNS}
     row["per_type"] = {
         t: {k: unit(v.get(k)) for k in ("pixel_auroc", "aupro", "image_auroc")}
         for t, v in m.get("per_type", {}).items()
@@ -162,7 +162,7 @@ def matrix_markdown(rows: dict[str, dict], summaries: dict[str, str]) -> str:
         main.append(
             [
                 name,
-                *(fmt(row[k]) for k, _ in METRICS),
+                *(fmt(row[k]) for k, _ in COLUMNS),
                 _train_text(row),
                 f"{row['images_per_s']:.2f}",
                 _overrides_text(row.get("overrides")),
@@ -185,7 +185,7 @@ def matrix_markdown(rows: dict[str, dict], summaries: dict[str, str]) -> str:
             for f in ablation.FAMILIES
         ]
         families.append([name, *alone, chosen])
-    header = ["domain", *(c for _, c in METRICS), "train", "images/s", "overrides", "budget"]
+    header = ["domain", *(c for _, c in COLUMNS), "train", "images/s", "overrides", "budget"]
     header += ["data", "code"]
     parts = [table(header, main)]
     if types:

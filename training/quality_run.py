@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE_DIRS = ("models", "training", "service")  # a change here changes what is measured
+CODE_DIRS = ("models", "training", "service", "cli")  # a change here changes what is measured
 
 
 class StepFailed(RuntimeError):
@@ -36,7 +36,7 @@ def nanoinspect() -> list[str]:
     if script.is_file():
         return [str(script)]
     found = shutil.which("nanoinspect")
-    return [found] if found else [sys.executable, "-m", "service.cli"]
+    return [found] if found else [sys.executable, "-m", "cli"]
 
 
 def run_step(args: Sequence[str], log: Path, *, echo: bool = True) -> float:

@@ -193,36 +193,54 @@ def write_dataset(
                 (stage / "ground_truth" / kind).mkdir(parents=True)
             for i in range(count):
                 rng = np.random.default_rng([seed, split_id, i])
-                bh = max(3, round(0.07 * height)) if banner else 0
-                defect = None if kind == "good" else kind
-                img, mask = draw_sample(rng, width, height - bh, defect, dom)
-                if banner:
-                    img = np.vstack([img, _banner(rng, width, bh)])
-                    mask = np.vstack([mask, np.zeros((bh, width), bool)])
-                name = f"{i:03d}.png"
-                Image.fromarray(np.rint(img * 255).astype(np.uint8)).save(
-                    stage / split / kind / name
-                )
-                if kind != "good":
-                    gt = stage / "ground_truth" / kind / name.replace(".png", "_mask.png")
-                    Image.fromarray(mask.astype(np.uint8) * 255).save(gt)
+                _write_sample(stage, split, kind, i, rng, (width, height), banner, dom)
                 bar.update()
         counts = {f"{split}/{kind}": count for split, kind, _, count in jobs}
         meta = {"generator": _GENERATOR, "version": SYNTH_VERSION, "seed": seed}
         meta |= {"domain": dom.name, "domain_params": dom.params()}
         meta |= {"size": [width, height], "banner": banner, "counts": counts}
         (stage / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{stage.name[-8:]}")
-            os.replace(out, old)
-            os.replace(stage, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(stage, out)
+        _swap_in(stage, out)
     finally:
         bar.close()
         shutil.rmtree(stage, ignore_errors=True)
     return counts
+
+
+def _write_sample(
+    stage: Path,
+    split: str,
+    kind: str,
+    i: int,
+    rng: np.random.Generator,
+    size: tuple[int, int],
+    banner: bool,
+    dom: Domain,
+) -> None:
+    """Image i of split/kind, drawn from rng, and for a defect its ground-truth mask."""
+    width, height = size
+    bh = max(3, round(0.07 * height)) if banner else 0
+    defect = None if kind == "good" else kind
+    img, mask = draw_sample(rng, width, height - bh, defect, dom)
+    if banner:
+        img = np.vstack([img, _banner(rng, width, bh)])
+        mask = np.vstack([mask, np.zeros((bh, width), bool)])
+    name = f"{i:03d}.png"
+    Image.fromarray(np.rint(img * 255).astype(np.uint8)).save(stage / split / kind / name)
+    if kind != "good":
+        gt = stage / "ground_truth" / kind / name.replace(".png", "_mask.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(gt)
+
+
+def _swap_in(stage: Path, out: Path) -> None:
+    """The finished folder in place of OUT, whole: a reader sees the old data set or the new."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{stage.name[-8:]}")
+        os.replace(out, old)
+        os.replace(stage, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(stage, out)
 
 
 def _is_synth(root: Path) -> bool:

@@ -16,12 +16,15 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -37,6 +40,9 @@ from training.corrupt import corrupt
 from training.data import PatchSampler, Sample, find_dataset, load_training_images, split_holdout
 from training.signals import StopSignals
 from training.step import EncoderGenerator, optimise
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 CHECKPOINTS = "checkpoints"
 BEST = "best.pt"
@@ -125,6 +131,278 @@ def check_same_data(before: dict, now: dict, data: Path) -> None:
         )
 
 
+def _processes(device: str) -> tuple[bool, torch.device, int]:
+    """Whether torchrun started several processes, this one's device and its rank."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    dev = pick_device(device)
+    if distributed:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        if dev.type == "cuda":
+            dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(dev)
+    return distributed, dev, dist.get_rank() if distributed else 0
+
+
+def _resumed(out: Path, resume: bool) -> tuple[Path | None, dict | None]:
+    """The last checkpoint of the run in `out` and its state; None for a new run. A run is
+    never silently overwritten, and --resume needs one."""
+    last = latest_checkpoint(out)
+    if last is not None and not resume:
+        raise NanoinspectError(f"{out} already holds a run: pass --resume or choose another --out")
+    if resume and last is None:
+        raise NanoinspectError(f"--resume: no checkpoint in {out / CHECKPOINTS}")
+    state = torch.load(last, map_location="cpu", weights_only=False) if last else None
+    return last, state
+
+
+def _saved_settings(state: dict, cfg: TrainConfig) -> tuple[ModelConfig, TrainConfig, int]:
+    """A resumed run keeps the settings it started with; only the budget is taken anew."""
+    budget = {"max_steps": cfg.max_steps, "max_minutes": cfg.max_minutes}
+    cfg = TrainConfig(**{**state["train_config"], **budget})
+    return ModelConfig.from_dict(state["model_config"]), cfg, state["seed"]
+
+
+@dataclass
+class _Images:
+    """The training images at the working scale and what is drawn from them."""
+
+    sampler: PatchSampler  # the patches trained on
+    preview: np.ndarray  # the first image, shown in TensorBoard
+    fit: list[np.ndarray]  # the images the normal Gaussians are fitted on (fit_sample)
+    check: list[selfcheck.Labelled]  # the self-check set, from the held-out normals
+    scale: float  # the working fibre scale (models/scale.py)
+    meta: dict  # what the run records about its data
+
+
+def _images(
+    data: Path, cfg: TrainConfig, seed: int, main: bool, state: dict | None, any_data: bool
+) -> _Images:
+    """Hold out normals for the self-check, refuse other data on resume (unless any_data),
+    read every file once (so all unreadable ones are named at once) and zoom each image to
+    one working scale."""
+    layout = find_dataset(data)
+    fit, holdout = split_holdout(layout.train, cfg.holdout_fraction, seed)
+    if main and 0 < len(holdout) < FEW_HELD_OUT:
+        tqdm.write(
+            f"warning: only {len(holdout)} normal image(s) held out for the self-check and "
+            f"calibration (of {len(layout.train)}): thresholds will be rough; add normal images"
+        )
+    digest = data_digest(fit, layout.root)
+    held_names = [str(s.path.relative_to(layout.root)) for s in holdout]
+    if state is not None and not any_data:
+        check_same_data(state["meta"], {"data_digest": digest, "holdout": held_names}, data)
+    images, sample_bits = load_training_images([*fit, *holdout], cfg.crop_bottom)
+    images, held = images[: len(fit)], images[len(fit) :][:CHECK_IMAGES]
+    scale = working_scale([fibre_scale(im) for im in images])
+    images = [to_scale(im, scale)[0] for im in images]
+    held = [_crop(to_scale(im, scale)[0], CHECK_SIDE) for im in held]
+    check = selfcheck.selfcheck_set(held, seed, scale)
+    sampler = PatchSampler(images, cfg.patch_size, seed, names=[str(s.path) for s in fit])
+    if not holdout:
+        raise NanoinspectError("training needs at least 2 normal images: one is held out")
+    meta = {
+        "data": str(data.resolve()),
+        "data_digest": digest,
+        "holdout": held_names,
+        "fibre_scale": scale,
+        "sample_bits": sample_bits,
+    }
+    return _Images(sampler, images[0], fit_sample(images), check, scale, meta)
+
+
+@dataclass
+class _Networks:
+    """The BiGAN, its optimisers and the two halves that are stepped (DDP under torchrun)."""
+
+    bigan: BiGAN
+    opt_d: torch.optim.Optimizer
+    opt_eg: torch.optim.Optimizer
+    eg: nn.Module
+    disc: nn.Module
+    start: int  # the step training continues from
+
+    def state(self) -> dict:
+        return {
+            "model": self.bigan.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "opt_eg": self.opt_eg.state_dict(),
+        }
+
+
+def _networks(
+    model_cfg: ModelConfig, cfg: TrainConfig, dev: torch.device, state: dict | None, ddp: bool
+) -> _Networks:
+    """New networks (from torch's seed) or the resumed run's, with their optimisers."""
+    # channels-last: 1.4-1.75x the steps/s on a 2-core CPU (tests/bench/bench_train.py)
+    bigan = BiGAN(model_cfg).to(dev, memory_format=torch.channels_last)
+    opt_d = torch.optim.Adam(bigan.discriminator.parameters(), cfg.lr_d, (cfg.beta1, cfg.beta2))
+    eg_params = [*bigan.encoder.parameters(), *bigan.generator.parameters()]
+    opt_eg = torch.optim.Adam(eg_params, cfg.lr, (cfg.beta1, cfg.beta2))
+    start = 0
+    if state is not None:
+        bigan.load_state_dict(state["model"])
+        opt_d.load_state_dict(state["opt_d"])
+        opt_eg.load_state_dict(state["opt_eg"])
+        start = state["step"]
+    eg, disc = EncoderGenerator(bigan), bigan.discriminator
+    if ddp:
+        ids = [dev.index] if dev.type == "cuda" else None
+        eg, disc = DDP(eg, device_ids=ids), DDP(disc, device_ids=ids)
+    return _Networks(bigan, opt_d, opt_eg, eg, disc, start)
+
+
+class _Checkpoints:
+    """RUN/checkpoints/step_N.pt, each ranked by the self-check; the best also as RUN/best.pt.
+    Only the main process writes; the others pass."""
+
+    def __init__(
+        self,
+        out: Path,
+        main: bool,
+        state: Callable[[int], dict],
+        scorer: AnomalyScorer,
+        images: _Images,
+        writer: SummaryWriter | None,
+        best_quality: float,
+    ):
+        self.out, self.main, self.state, self.scorer = out, main, state, scorer
+        self.fit_images, self.check = images.fit, images.check
+        self.writer, self.best_quality = writer, best_quality
+
+    def save(self, step: int, ranked: bool = True) -> Path:
+        """Weights, optimisers and (ranked) the normal fit and self-check figures. The
+        weights are written first, unranked, so a stop signal during the ranking (which
+        takes a minute on large images) or a kill after it loses nothing; unranked (a stop
+        signal: seconds count) it ends there: never taken as best.pt, fitted at export
+        (training/refit.load_normal_fit) or ranked at the next checkpoint."""
+        out, scorer, fit_images, check = self.out, self.scorer, self.fit_images, self.check
+        path = out / CHECKPOINTS / f"step_{step:07d}.pt"
+        if self.main:
+            unranked = {"normal_fit": None, "self_check": None, "interrupted": True}
+            _save(self.state(step) | unranked | {"best_quality": self.best_quality}, path)
+        if self.main and not ranked:
+            tqdm.write(f"step {step}: weights saved (not ranked by the self-check)")
+        elif self.main:
+            fitted, choice = selfcheck.rank_checkpoint(scorer, fit_images, check)
+            better = choice.quality > self.best_quality
+            self.best_quality = max(self.best_quality, choice.quality)
+            ckpt = self.state(step) | {
+                "normal_fit": fitted,
+                "self_check": asdict(choice),
+                "best_quality": self.best_quality,
+            }
+            _save(ckpt, path)
+            if better:
+                _save(ckpt, out / BEST)
+            if self.writer:
+                self.writer.add_scalar("self_check/pixel_auroc", choice.pixel_auroc, step)
+                self.writer.add_scalar("self_check/aupro", choice.aupro, step)
+            tqdm.write(
+                f"step {step}: self-check pixel AUROC {choice.pixel_auroc:.3f}, "
+                f"AUPRO {choice.aupro:.3f}" + (" (best so far)" if better else "")
+            )
+        return path
+
+
+def _open_run(out: Path, meta: dict) -> SummaryWriter:
+    """The run directory with its config.json, and its TensorBoard writer."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+@dataclass
+class _Steps:
+    """One optimisation step at a time, each a function of (seed, step, rank)."""
+
+    nets: _Networks
+    sampler: PatchSampler
+    cfg: TrainConfig
+    model_cfg: ModelConfig
+    seed: int
+    rank: int
+    dev: torch.device
+
+    def losses(self, step: int) -> dict[str, float]:
+        cfg, dev, nets = self.cfg, self.dev, self.nets
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
+        latent = cfg.patch_size // self.model_cfg.stride
+        g = torch.Generator().manual_seed(
+            int(np.random.SeedSequence([self.seed, step, self.rank]).generate_state(1)[0])
+        )
+        x = self.sampler.batch(step, cfg.batch_size, rank=self.rank)  # (B, 1, P, P)
+        x_in, mask = corrupt(x, cfg.corrupt_prob, g) if cfg.corrupt_prob > 0 else (None, None)
+        x = x.to(dev)
+        z_prior = torch.randn(
+            cfg.batch_size, self.model_cfg.latent_channels, latent, latent, generator=g
+        ).to(dev)
+        if x_in is not None:
+            x_in, mask = x_in.to(dev), mask.to(dev)
+        batch = (x, x_in, mask, z_prior)
+        optimisers = (nets.opt_d, nets.opt_eg)
+        return {
+            k: v.item()
+            for k, v in optimise(nets.eg, nets.disc, optimisers, batch, cfg, autocast).items()
+        }
+
+
+def _loop(
+    steps: _Steps,
+    checkpoints: _Checkpoints,
+    last: Path | None,
+    preview: torch.Tensor,
+    stop: StopSignals | None,
+    progress: bool,
+    distributed: bool,
+) -> tuple[int, Path | None]:
+    """Train from the run's step to the budget (steps or minutes, or a stop signal),
+    logging to TensorBoard and checkpointing on the way; the steps done and the last
+    checkpoint written."""
+    cfg, start, main = steps.cfg, steps.nets.start, checkpoints.main
+    writer, scorer = checkpoints.writer, checkpoints.scorer
+    began = saved = time.monotonic()
+    if main and start >= cfg.max_steps:
+        tqdm.write(
+            f"train: {checkpoints.out} is at step {start}, --max-steps is {cfg.max_steps}: "
+            f"nothing to train (raise --max-steps to continue); its last checkpoint is {last}"
+        )
+    bar = tqdm(
+        range(start, cfg.max_steps),
+        initial=start,
+        total=cfg.max_steps,
+        disable=not (progress and main) or start >= cfg.max_steps,
+        desc="train",
+        unit="step",
+    )
+    done, path = start, last
+    for step in bar:
+        losses = steps.losses(step)
+        if not all(math.isfinite(v) for v in losses.values()):
+            kept = f"last good checkpoint {path}" if path else "no checkpoint written yet"
+            raise TrainingDiverged(f"training diverged at step {step}: {losses}; {kept}")
+        bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
+        done = step + 1
+        if writer and done % cfg.log_every == 0:
+            for k, v in losses.items():
+                writer.add_scalar(f"train/{k}", v, done)
+        if writer and done % cfg.image_every == 0:
+            writer.add_image("preview/input|recon|score", _image_grid(scorer, preview), done)
+        stopped = stop is not None and stop.received is not None
+        if not stopped and (
+            done % cfg.checkpoint_every == 0
+            or time.monotonic() - saved > 60 * cfg.checkpoint_minutes
+        ):
+            path = checkpoints.save(done)
+            saved = time.monotonic()
+        if _time_up(began, cfg.max_minutes, distributed, steps.dev, stopped):
+            if main and not stopped:
+                tqdm.write(f"train: the {cfg.max_minutes:g} min budget is used up at step {done}")
+            break
+    return done, path
+
+
 def train(
     data: Path,
     out: Path,
@@ -142,129 +420,22 @@ def train(
     end the run after the step in progress, with a checkpoint (stop.received says so)."""
     if out.exists() and not out.is_dir():
         raise NanoinspectError(f"--out {out} is a file, not a run directory")
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    dev = pick_device(device)
-    if distributed:
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        if dev.type == "cuda":
-            dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-            torch.cuda.set_device(dev)
-    rank = dist.get_rank() if distributed else 0
+    distributed, dev, rank = _processes(device)
     main = rank == 0
-
-    last = latest_checkpoint(out)
-    if last is not None and not resume:
-        raise NanoinspectError(f"{out} already holds a run: pass --resume or choose another --out")
-    if resume and last is None:
-        raise NanoinspectError(f"--resume: no checkpoint in {out / CHECKPOINTS}")
-    state = torch.load(last, map_location="cpu", weights_only=False) if last else None
-    if state is not None:  # a resumed run keeps the settings it started with
-        model_cfg = ModelConfig.from_dict(state["model_config"])
-        budget = {"max_steps": cfg.max_steps, "max_minutes": cfg.max_minutes}
-        cfg = TrainConfig(**{**state["train_config"], **budget})
-        seed = state["seed"]
-
-    layout = find_dataset(data)
-    fit, holdout = split_holdout(layout.train, cfg.holdout_fraction, seed)
-    if main and 0 < len(holdout) < FEW_HELD_OUT:
-        tqdm.write(
-            f"warning: only {len(holdout)} normal image(s) held out for the self-check and "
-            f"calibration (of {len(layout.train)}): thresholds will be rough; add normal images"
-        )
-    digest = data_digest(fit, layout.root)
-    held_names = [str(s.path.relative_to(layout.root)) for s in holdout]
-    if state is not None and not allow_data_change:
-        check_same_data(state["meta"], {"data_digest": digest, "holdout": held_names}, data)
-    # every file read once, so all unreadable ones are named at once
-    images, sample_bits = load_training_images([*fit, *holdout], cfg.crop_bottom)
-    images, held = images[: len(fit)], images[len(fit) :][:CHECK_IMAGES]
-    # one magnification for all: each image zoomed to the working scale (models/scale.py)
-    scale = working_scale([fibre_scale(im) for im in images])
-    images = [to_scale(im, scale)[0] for im in images]
-    held = [_crop(to_scale(im, scale)[0], CHECK_SIDE) for im in held]
-    check = selfcheck.selfcheck_set(held, seed, scale)
-    fit_images = fit_sample(images)
-    sampler = PatchSampler(images, cfg.patch_size, seed, names=[str(s.path) for s in fit])
-    if not holdout:
-        raise NanoinspectError("training needs at least 2 normal images: one is held out")
-
-    torch.manual_seed(seed)
-    # channels-last: 1.4-1.75x the steps/s on a 2-core CPU (tests/bench/bench_train.py)
-    bigan = BiGAN(model_cfg).to(dev, memory_format=torch.channels_last)
-    opt_d = torch.optim.Adam(bigan.discriminator.parameters(), cfg.lr_d, (cfg.beta1, cfg.beta2))
-    eg_params = [*bigan.encoder.parameters(), *bigan.generator.parameters()]
-    opt_eg = torch.optim.Adam(eg_params, cfg.lr, (cfg.beta1, cfg.beta2))
-    start = 0
+    last, state = _resumed(out, resume)
     if state is not None:
-        bigan.load_state_dict(state["model"])
-        opt_d.load_state_dict(state["opt_d"])
-        opt_eg.load_state_dict(state["opt_eg"])
-        start = state["step"]
-    eg, disc = EncoderGenerator(bigan), bigan.discriminator
-    if distributed:
-        ids = [dev.index] if dev.type == "cuda" else None
-        eg, disc = DDP(eg, device_ids=ids), DDP(disc, device_ids=ids)
+        model_cfg, cfg, seed = _saved_settings(state, cfg)
+    images = _images(data, cfg, seed, main, state, allow_data_change)
+    torch.manual_seed(seed)
+    nets = _networks(model_cfg, cfg, dev, state, distributed)
+    world_size = dist.get_world_size() if distributed else 1
+    meta = {**config_dict(model_cfg, cfg), "seed": seed, **images.meta, "world_size": world_size}
+    writer = _open_run(out, meta) if main else None
+    preview = torch.from_numpy(images.preview)[None, None].to(dev)
+    scorer = AnomalyScorer(nets.bigan, fibre_scale=images.scale).to(dev)
 
-    meta = {
-        **config_dict(model_cfg, cfg),
-        "seed": seed,
-        "data": str(data.resolve()),
-        "data_digest": digest,
-        "holdout": held_names,
-        "fibre_scale": scale,
-        "sample_bits": sample_bits,
-        "world_size": dist.get_world_size() if distributed else 1,
-    }
-    writer = None
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tensorboard"))
-    preview = torch.tensor(images[0])[None, None].to(dev)  # a copy: the image is read-only
-    scorer = AnomalyScorer(bigan, fibre_scale=scale).to(dev)
-    best_quality = state.get("best_quality", -1.0) if state else -1.0
-
-    def checkpoint(step: int, ranked: bool = True) -> Path:
-        """Weights, optimisers and (ranked) the normal fit and self-check figures. The
-        weights are written first, unranked, so a stop signal during the ranking (which
-        takes a minute on large images) or a kill after it loses nothing; unranked (a stop
-        signal: seconds count) it ends there: never taken as best.pt, fitted at export
-        (training/export.load_normal_fit) or ranked at the next checkpoint."""
-        nonlocal best_quality
-        path = out / CHECKPOINTS / f"step_{step:07d}.pt"
-        if main:
-            unranked = {"normal_fit": None, "self_check": None, "interrupted": True}
-            _save(_state(step) | unranked | {"best_quality": best_quality}, path)
-        if main and not ranked:
-            tqdm.write(f"step {step}: weights saved (not ranked by the self-check)")
-        elif main:
-            fitted, choice = selfcheck.rank_checkpoint(scorer, fit_images, check)
-            better = choice.quality > best_quality
-            best_quality = max(best_quality, choice.quality)
-            ckpt = _state(step) | {
-                "normal_fit": fitted,
-                "self_check": asdict(choice),
-                "best_quality": best_quality,
-            }
-            _save(ckpt, path)
-            if better:
-                _save(ckpt, out / BEST)
-            if writer:
-                writer.add_scalar("self_check/pixel_auroc", choice.pixel_auroc, step)
-                writer.add_scalar("self_check/aupro", choice.aupro, step)
-            tqdm.write(
-                f"step {step}: self-check pixel AUROC {choice.pixel_auroc:.3f}, "
-                f"AUPRO {choice.aupro:.3f}" + (" (best so far)" if better else "")
-            )
-        return path
-
-    def _state(step: int) -> dict:
-        return {
-            "model": bigan.state_dict(),
-            "opt_d": opt_d.state_dict(),
-            "opt_eg": opt_eg.state_dict(),
+    def run_state(step: int) -> dict:
+        return nets.state() | {
             "step": step,
             "seed": seed,
             "model_config": asdict(model_cfg),
@@ -272,63 +443,12 @@ def train(
             "meta": meta,
         }
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
-    latent = cfg.patch_size // model_cfg.stride
-    began = saved = time.monotonic()
-    if main and start >= cfg.max_steps:
-        tqdm.write(
-            f"train: {out} is at step {start}, --max-steps is {cfg.max_steps}: nothing to "
-            f"train (raise --max-steps to continue); its last checkpoint is {last}"
-        )
-    bar = tqdm(
-        range(start, cfg.max_steps),
-        initial=start,
-        total=cfg.max_steps,
-        disable=not (progress and main) or start >= cfg.max_steps,
-        desc="train",
-        unit="step",
-    )
-    done, path = start, last
-    for step in bar:
-        g = torch.Generator().manual_seed(
-            int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
-        )
-        x = sampler.batch(step, cfg.batch_size, rank=rank)  # (B, 1, P, P)
-        x_in, mask = corrupt(x, cfg.corrupt_prob, g) if cfg.corrupt_prob > 0 else (None, None)
-        x = x.to(dev)
-        z_prior = torch.randn(
-            cfg.batch_size, model_cfg.latent_channels, latent, latent, generator=g
-        ).to(dev)
-        if x_in is not None:
-            x_in, mask = x_in.to(dev), mask.to(dev)
-        batch = (x, x_in, mask, z_prior)
-        losses = {
-            k: v.item()
-            for k, v in optimise(eg, disc, (opt_d, opt_eg), batch, cfg, autocast).items()
-        }
-        if not all(math.isfinite(v) for v in losses.values()):
-            kept = f"last good checkpoint {path}" if path else "no checkpoint written yet"
-            raise TrainingDiverged(f"training diverged at step {step}: {losses}; {kept}")
-        bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
-        done = step + 1
-        if writer and done % cfg.log_every == 0:
-            for k, v in losses.items():
-                writer.add_scalar(f"train/{k}", v, done)
-        if writer and done % cfg.image_every == 0:
-            writer.add_image("preview/input|recon|score", _image_grid(scorer, preview), done)
-        stopped = stop is not None and stop.received is not None
-        if not stopped and (
-            done % cfg.checkpoint_every == 0
-            or time.monotonic() - saved > 60 * cfg.checkpoint_minutes
-        ):
-            path = checkpoint(done)
-            saved = time.monotonic()
-        if _time_up(began, cfg.max_minutes, distributed, dev, stopped):
-            if main and not stopped:
-                tqdm.write(f"train: the {cfg.max_minutes:g} min budget is used up at step {done}")
-            break
+    best_quality = state.get("best_quality", -1.0) if state else -1.0
+    checkpoints = _Checkpoints(out, main, run_state, scorer, images, writer, best_quality)
+    steps = _Steps(nets, images.sampler, cfg, model_cfg, seed, rank, dev)
+    done, path = _loop(steps, checkpoints, last, preview, stop, progress, distributed)
     if path is None or path.name != f"step_{done:07d}.pt":
-        path = checkpoint(done, ranked=stop is None or stop.received is None)
+        path = checkpoints.save(done, ranked=stop is None or stop.received is None)
     if writer:
         writer.close()
     if distributed:

@@ -18,14 +18,14 @@ from service.schemas import ErrorBody, SwapIn, SwapOut
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
-ERRORS = {s: {"model": ErrorBody} for s in (401, 403, 409, 422)}
+ADMIN_ERRORS = {s: {"model": ErrorBody} for s in (401, 403, 409, 422)}
 
 
 def model_dir(settings: Settings) -> Path:
     return (settings.admin_model_dir or settings.model.parent).resolve()
 
 
-@router.post("/model", responses=ERRORS)
+@router.post("/model", responses=ADMIN_ERRORS)
 async def swap_model(body: SwapIn, inspector: InspectorDep, settings: SettingsDep) -> SwapOut:
     """Load the artifact at `path` beside the serving model, check it (format, metadata, a
     warm-up inference; `sha256` if given), then swap. Requests already admitted finish on the

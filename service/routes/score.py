@@ -34,7 +34,7 @@ from service.schemas import (
 from service.uploads import files_named, read_parts
 
 router = APIRouter(prefix="/v1", tags=["score"])
-ERRORS = {s: {"model": ErrorBody} for s in (400, 401, 408, 413, 415, 422, 429, 503, 504)}
+SCORE_ERRORS = {s: {"model": ErrorBody} for s in (400, 401, 408, 413, 415, 422, 429, 503, 504)}
 
 
 def _form(field: str, many: bool) -> dict:
@@ -116,7 +116,7 @@ def _build(s: Scored, q: ScoreQuery) -> ScoreOut:
     )
 
 
-@router.post("/score", responses=ERRORS, openapi_extra=_form("file", False))
+@router.post("/score", responses=SCORE_ERRORS, openapi_extra=_form("file", False))
 async def score(
     request: Request,
     query: Annotated[ScoreQuery, Query()],
@@ -132,7 +132,7 @@ async def score(
 @router.post(
     "/score/overlay",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, **ERRORS},
+    responses={200: {"content": {"image/png": {}}}, **SCORE_ERRORS},
     openapi_extra=_form("file", False),
 )
 async def overlay(
@@ -168,7 +168,7 @@ def _header_safe(text: str) -> str:
     return text.encode("latin-1", "replace").decode("latin-1").replace("\n", " ")
 
 
-@router.post("/score/batch", responses=ERRORS, openapi_extra=_form("files", True))
+@router.post("/score/batch", responses=SCORE_ERRORS, openapi_extra=_form("files", True))
 async def score_batch(
     request: Request,
     query: Annotated[ScoreQuery, Query()],
