@@ -278,7 +278,9 @@ def hostile_requests() -> dict[str, RequestCase]:
 #     reason (the content is a normal mat at another magnification);
 #   blurred: out_of_distribution when the model carries a model of its normals (the contrast
 #     bound catches defocus); without one the map alone decides (no claim).
-IMAGE_EXPECTATIONS = ("out_of_distribution", "as_normal", "zoomed", "blurred")
+# zoomed_up: a wide field whose fibres fall below two pixels; zooming it to the training
+# scale cannot restore their detail, so either verdict may be right, never one without a word
+IMAGE_EXPECTATIONS = ("out_of_distribution", "as_normal", "zoomed", "zoomed_up", "blurred")
 
 
 @dataclass(frozen=True)
@@ -321,7 +323,7 @@ def image_level_cases(normal: np.ndarray) -> dict[str, ImageCase]:
         "heavy blur": C(grey_png(ndi.gaussian_filter(eight, 8)), "blurred"),
         "4x magnification": C(grey_png(_resized(eight[: h // 4, : w // 4], (h, w))), "zoomed"),
         "0.25x magnification": C(
-            grey_png(_resized(np.tile(mirrored, (2, 2)), (h, w))), "zoomed"
+            grey_png(_resized(np.tile(mirrored, (2, 2)), (h, w))), "zoomed_up"
         ),
         "12-bit in untagged 16-bit TIFF": C(encode(Image.fromarray(twelve), "TIFF"), "as_normal",
                                             "image.tif"),
@@ -342,7 +344,10 @@ def check_image_answer(case: ImageCase, answer: dict, normal: dict, has_normals:
             answer["is_anomalous"] == normal["is_anomalous"]
             and ood == normal["out_of_distribution"]
         )
-    elif case.expect == "zoomed":
+    elif case.expect in ("zoomed", "zoomed_up"):
         assert ood or any(n.startswith("scored zoomed") for n in notes), answer
-        assert not answer["is_anomalous"] or ood, answer
+        if case.expect == "zoomed":
+            assert not answer["is_anomalous"] or ood, answer
+        elif answer["is_anomalous"] and not ood:
+            assert answer["reason"].startswith(f"score {answer['score']:.4g} above"), answer
     assert answer["reason"]
