@@ -105,28 +105,38 @@ def fpr_model(tiny_run, tmp_path_factory) -> Path:
     return out
 
 
-def test_thresholds_are_the_fpr_quantiles_of_the_graphs_own_outputs(fpr_model, tiny_run):
-    """gamma and tau are the target-FPR quantiles of the served graph's score_map and score
-    on the held-out normals; every override row keeps the own pair's share of normal pixels
-    above gamma and tau's standing (mean + z std), on the graph's outputs at that row."""
+def _prediction_bound(scores: np.ndarray, fpr: float) -> float:
+    """The upper (1 - fpr) prediction bound of a normal fit, written out from its textbook
+    form: mean + t quantile * sample std * sqrt(1 + 1/n)."""
+    from scipy.stats import t
+
+    n = len(scores)
+    return scores.mean() + t(df=n - 1).isf(fpr) * scores.std(ddof=1) * np.sqrt((n + 1) / n)
+
+
+def test_thresholds_are_the_fpr_bounds_of_the_graphs_own_outputs(fpr_model, tiny_run):
+    """gamma is the target-FPR quantile of the served graph's score_map on the held-out
+    normals and tau the prediction bound of its score; every override row keeps the own
+    pair's share of normal pixels above gamma and is that row's own prediction bound, on
+    the graph's outputs at that row."""
     from models.decision import IMAGE_FPR, PIXEL_FPR
 
     det = Detector(fpr_model, providers=("cpu",))
     meta = det.meta
     assert meta.calibration["method"] == "target_fpr"
     normals, _ = _calibration_images(fpr_model, tiny_run)
+    assert len(normals) >= 2
     pixels, scores = _graph(det, normals, meta.alpha, meta.sigma)
     gamma = np.quantile(pixels, 1 - PIXEL_FPR)
-    tau = np.quantile(scores, 1 - IMAGE_FPR, method="higher")
     assert meta.pixel_threshold == pytest.approx(gamma, rel=1e-5)
-    assert meta.image_threshold == pytest.approx(tau, rel=1e-5)
+    assert meta.image_threshold == pytest.approx(_prediction_bound(scores, IMAGE_FPR), rel=1e-5)
     share = max(np.mean(pixels > gamma), 1 / pixels.size)
-    z = (tau - scores.mean()) / scores.std()
     assert len(meta.thresholds) == 25
     for alpha, sigma, gamma_at, tau_at in meta.thresholds:
         pixels, scores = _graph(det, normals, alpha, sigma)
         assert gamma_at == pytest.approx(np.quantile(pixels, 1 - share), rel=1e-4, abs=1e-6)
-        assert tau_at == pytest.approx(scores.mean() + z * scores.std(), rel=1e-4, abs=1e-6)
+        bound = _prediction_bound(scores, IMAGE_FPR)
+        assert tau_at == pytest.approx(bound, rel=1e-4, abs=1e-6)
 
 
 def test_labelled_thresholds_are_the_best_f1_of_the_graphs_own_outputs(
