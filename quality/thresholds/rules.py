@@ -7,18 +7,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
+
+from training.calibrate import tail_bound
 
 
 def highest(h: np.ndarray, fpr: float) -> float:
     """The former rule: the empirical (1 - fpr) quantile, taken at a score one normal has."""
     return float(np.quantile(h, 1 - fpr, method="higher"))
-
-
-def bound(h: np.ndarray, fpr: float) -> float:
-    """The upper prediction bound of a normal fit (training.calibrate.tail_bound)."""
-    n = len(h)
-    return float(h.mean() + stats.t.ppf(1 - fpr, n - 1) * h.std(ddof=1) * np.sqrt(1 + 1 / n))
 
 
 def judge(path: str, rule, fpr_own: float, fpr_override: float) -> str:
@@ -46,8 +41,8 @@ if __name__ == "__main__":
     head = "| scores | held-out | tau | false alarms | defects found | flips | found at overrides |"
     for name, rule, fo in (
         ("highest", highest, 0.05),
-        ("bound", bound, 0.05),
-        ("bound, overrides at 0.01", bound, 0.01),
+        ("bound", tail_bound, 0.05),
+        ("bound, overrides at 0.01", tail_bound, 0.01),
     ):
         print(f"\n{name}\n\n{head}\n|---|---|---|---|---|---|---|")
         for path in sys.argv[1:]:
