@@ -42,8 +42,9 @@ class ArtifactMeta:
     # 16-bit inputs are read at this depth (models.images), as training read them
     # models.ood.NormalModel of the held-out normals, fitted at calibration ({}: none)
     normal_model: dict[str, Any] = field(default_factory=dict)
-    # [alpha, sigma, gamma, tau] calibrated like the model's own pair, per point of a grid of
-    # overrides, so an overridden alpha or sigma keeps thresholds meant for it ([]: none)
+    # [alpha, sigma, gamma] per point of a grid of overrides: gamma flags the share of normal
+    # pixels the model's own does, so the map drawn at an override is masked as strictly
+    # ([]: none; models of an earlier version add a tau, unused: the verdict is the model's)
     thresholds: list[list[float]] = field(default_factory=list)
     data_digest: str = ""  # sha256 of the training images
     code_version: str = ""
@@ -99,19 +100,19 @@ class ArtifactMeta:
         every surface crops its inputs the same way unless told otherwise."""
         return crop_setting(self.train_config.get("crop_bottom", 0.0))
 
-    def thresholds_for(self, alpha: float, sigma: float) -> tuple[float, float] | None:
-        """(gamma, tau) calibrated for alpha and sigma: the model's own pair at its settings,
+    def pixel_threshold_for(self, alpha: float, sigma: float) -> float | None:
+        """gamma calibrated for the map at alpha and sigma: the model's own at its settings,
         else the table's, else None."""
         if (alpha, sigma) == (self.alpha, self.sigma):
-            return self.pixel_threshold, self.image_threshold
-        for a, s, gamma, tau in self.thresholds:
+            return self.pixel_threshold
+        for a, s, gamma, *_ in self.thresholds:
             if abs(a - alpha) < 1e-6 and abs(s - sigma) < 1e-6:
-                return gamma, tau
+                return gamma
         return None
 
     def calibrated_settings(self) -> list[tuple[float, float]]:
-        """Every (alpha, sigma) with calibrated thresholds, the model's own first."""
-        table = [(a, s) for a, s, _, _ in self.thresholds if (a, s) != (self.alpha, self.sigma)]
+        """Every (alpha, sigma) with a calibrated gamma, the model's own first."""
+        table = [(a, s) for a, s, *_ in self.thresholds if (a, s) != (self.alpha, self.sigma)]
         return [(self.alpha, self.sigma), *table]
 
     def with_(self, **changes: Any) -> ArtifactMeta:

@@ -41,12 +41,14 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class Result:
-    score: float  # the image score: image_decision of the working-scale map, against tau
+    # the image score: image_decision of the model's working-scale map (at alpha and sigma
+    # only when they are its own or an image threshold was given), against tau
+    score: float
     is_anomalous: bool  # score > image_threshold, or out of distribution
     score_map: np.ndarray  # float32 (H, W)
     mask: np.ndarray  # bool (H, W): Omega
     regions: list[Region]
-    alpha: float
+    alpha: float  # the settings score_map, mask and regions were drawn at
     sigma: float
     image_threshold: float
     pixel_threshold: float
@@ -293,34 +295,24 @@ class Detector:
             alpha, sigma, pixel_threshold, image_threshold
         )
         zoomed = [to_scale(img, m.fibre_scale) for img in images]
-        maps: list[tuple[np.ndarray, int] | None] = [None] * len(images)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, (img, _) in enumerate(zoomed):
-            if max(img.shape) > self.tile or min(img.shape) < MIN_SIDE:
-                maps[i] = self._stitched(img, alpha, sigma)
-            else:
-                groups.setdefault(img.shape, []).append(i)
-        for shape, idx in groups.items():
-            n = self.per_call(shape)
-            for k in range(0, len(idx), n):
-                chunk = idx[k : k + n]
-                batch = np.stack([zoomed[i][0] for i in chunk])[:, None]
-                out = self.run(batch, alpha, sigma, ("score_map",))
-                for j, i in enumerate(chunk):
-                    maps[i] = (out["score_map"][j, 0], 1)
+        maps = self._maps([img for img, _ in zoomed], alpha, sigma)
+        # an override of alpha or sigma without an image threshold is a view: the map and
+        # regions are drawn at it, the verdict is the model's map's against the model's tau
+        view = (alpha, sigma) != (m.alpha, m.sigma) and image_threshold is None
+        deciding = self._maps([img for img, _ in zoomed], m.alpha, m.sigma) if view else maps
 
         results = []
-        for entry, original, (work, zoom) in zip(maps, images, zoomed, strict=True):
-            assert entry is not None
-            smap, tiles = entry
-            score = image_decision(smap)  # on the map the graph made, at the working scale
+        for (smap, tiles), (decider, _), original, (work, zoom) in zip(
+            maps, deciding, images, zoomed, strict=True
+        ):
+            score = image_decision(decider)  # on the map the graph made, at the working scale
             band = edge_band(smap.shape)
             ood = self._ood(original, work)
             if zoom != 1.0:
                 smap = resample(smap, original.shape)
             scale_y, scale_x = smap.shape[0] / work.shape[0], smap.shape[1] / work.shape[1]
             inside = interior(smap.shape, (round(band * scale_y), round(band * scale_x)))
-            mask, regions = segment(smap, gamma, area, inside)
+            mask, regions = segment(smap, gamma, area, inside, decides=not view)
             results.append(
                 Result(
                     score=score,
@@ -336,33 +328,67 @@ class Detector:
                     tiles=tiles,
                     zoom=zoom,
                     out_of_distribution=ood,
-                    reason=_reason(score, tau, ood, regions),
+                    reason=_reason(score, tau, ood, regions, (m.alpha, m.sigma) if view else None),
                     notes=(*_image_notes(original.shape, zoom), *calibration_notes),
                 )
             )
         return results
 
+    def _maps(
+        self, images: list[np.ndarray], alpha: float, sigma: float
+    ) -> list[tuple[np.ndarray, int]]:
+        """The graph's score map of each image (at the working scale) and the tiles it took:
+        same-size images in batches, large or tiny ones by parts (_stitched)."""
+        maps: list[tuple[np.ndarray, int] | None] = [None] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(images):
+            if max(img.shape) > self.tile or min(img.shape) < MIN_SIDE:
+                maps[i] = self._stitched(img, alpha, sigma)
+            else:
+                groups.setdefault(img.shape, []).append(i)
+        for shape, idx in groups.items():
+            n = self.per_call(shape)
+            for k in range(0, len(idx), n):
+                chunk = idx[k : k + n]
+                batch = np.stack([images[i] for i in chunk])[:, None]
+                out = self.run(batch, alpha, sigma, ("score_map",))
+                for j, i in enumerate(chunk):
+                    maps[i] = (out["score_map"][j, 0], 1)
+        return [entry for entry in maps if entry is not None]
+
     def thresholds(
         self, alpha: float, sigma: float, gamma: float | None, tau: float | None
     ) -> tuple[float, float, tuple[str, ...]]:
-        """(gamma, tau) for these settings, and a note when they were not calibrated for
-        them: the calibrated pair for (alpha, sigma) (ArtifactMeta.thresholds_for), else
-        the model's own pair, said to be off."""
+        """(gamma, tau) for a map at these settings, and a note when gamma was not calibrated
+        for them: gamma the table's for (alpha, sigma) (ArtifactMeta.pixel_threshold_for),
+        else the model's, said to be off; tau the model's (the verdict is taken on the
+        model's own map unless an image threshold is given), and a note when an override
+        only draws the map."""
         m = self.meta
-        calibrated = m.thresholds_for(alpha, sigma)
-        base = calibrated or (m.pixel_threshold, m.image_threshold)
-        pair = (base[0] if gamma is None else float(gamma), base[1] if tau is None else float(tau))
-        if calibrated is not None or (gamma is not None and tau is not None):
-            return *pair, ()
-        grid = f"alpha {m.alpha:g} with sigma {m.sigma:g}"
-        if m.thresholds:
-            alphas = ", ".join(f"{a:g}" for a in sorted({row[0] for row in m.thresholds}))
-            sigmas = ", ".join(f"{s:g}" for s in sorted({row[1] for row in m.thresholds}))
-            grid += f", and alpha {alphas} with sigma {sigmas}"
-        return *pair, (
-            f"thresholds not calibrated for alpha {alpha:g}, sigma {sigma:g}: the model's "
-            f"are for {grid}; pass image_threshold and pixel_threshold to set them",
+        calibrated = m.pixel_threshold_for(alpha, sigma)
+        own = (alpha, sigma) == (m.alpha, m.sigma)
+        notes = []
+        if gamma is None and calibrated is None:
+            grid = f"alpha {m.alpha:g} with sigma {m.sigma:g}"
+            if m.thresholds:
+                alphas = ", ".join(f"{a:g}" for a in sorted({row[0] for row in m.thresholds}))
+                sigmas = ", ".join(f"{s:g}" for s in sorted({row[1] for row in m.thresholds}))
+                grid += f", and alpha {alphas} with sigma {sigmas}"
+            notes.append(
+                f"pixel threshold not calibrated for alpha {alpha:g}, sigma {sigma:g}: the "
+                f"model's are for {grid}; pass pixel_threshold to set it"
+            )
+        if not own and tau is None:
+            notes.append(
+                f"alpha {alpha:g}, sigma {sigma:g} draw the map and regions; the score and "
+                f"verdict are the model's, at alpha {m.alpha:g}, sigma {m.sigma:g} (pass "
+                "image_threshold to decide on this map)"
+            )
+        pair = (
+            (m.pixel_threshold if calibrated is None else calibrated) if gamma is None else gamma,
+            m.image_threshold if tau is None else tau,
         )
+        return float(pair[0]), float(pair[1]), tuple(notes)
 
     def _ood(self, original: np.ndarray, work: np.ndarray) -> str | None:
         """Why the image is out of the training distribution, or None (models.ood)."""
@@ -419,13 +445,24 @@ def _regions(n: int) -> str:
     return "1 region" if n == 1 else f"{n} regions"
 
 
-def _reason(score: float, tau: float, ood: str | None, regions: list[Region]) -> str:
-    """One line on why the image is anomalous or normal."""
+def _reason(
+    score: float,
+    tau: float,
+    ood: str | None,
+    regions: list[Region],
+    decided_at: tuple[float, float] | None = None,
+) -> str:
+    """One line on why the image is anomalous or normal; decided_at: the model's (alpha,
+    sigma) when the map and regions were drawn at an override and do not decide."""
     if ood is not None:
         return f"out of distribution: {ood}"
+    at = "" if decided_at is None else " at the model's alpha {:g}, sigma {:g}".format(*decided_at)
     if score > tau:
-        return f"score {score:.4g} above the image threshold {tau:.4g}"
-    why = f"normal: score {score:.4g} not above the image threshold {tau:.4g}"
+        return f"score {score:.4g} above the image threshold {tau:.4g}{at}"
+    why = f"normal: score {score:.4g} not above the image threshold {tau:.4g}{at}"
+    if decided_at is not None:
+        drawn = f"; {_regions(len(regions))} on the map drawn at the override, which does "
+        return why + (drawn + "not decide" if regions else "")
     edge = [g for g in regions if not g.counts]
     if regions and len(edge) == len(regions):
         return f"{why}; {_regions(len(regions))} only in the edge band, which does not count"

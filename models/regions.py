@@ -19,7 +19,9 @@ class Region:
     area: int  # pixels
     peak_score: float
     mean_score: float
-    counts: bool = True  # it reaches inside the edge band, where the image score is taken
+    # it can make the image anomalous: it reaches inside the edge band, where the image score
+    # is taken, on the map that decides (not a map drawn at an overridden alpha or sigma)
+    counts: bool = True
 
 
 def interior(shape: tuple[int, int], band: tuple[int, int]) -> tuple[slice, slice]:
@@ -33,10 +35,12 @@ def segment(
     threshold: float,
     min_area: int,
     inside: tuple[slice, slice] | None = None,
+    decides: bool = True,
 ) -> tuple[np.ndarray, list[Region]]:
     """Omega = score_map > threshold minus regions under min_area; regions by peak, descending.
     With `inside` (the part of the map the image score looks at: interior()), a region
-    wholly outside it is marked counts=False."""
+    wholly outside it is marked counts=False; every region is, when the map does not decide
+    (`decides` False: the image score is taken on another map)."""
     mask = score_map > threshold
     labels, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
     if n == 0:
@@ -59,7 +63,9 @@ def segment(
     np.minimum.at(x0, label, xs)
     np.maximum.at(y1, label, ys)
     np.maximum.at(x1, label, xs)
-    if inside is None:
+    if not decides:
+        counts = np.zeros(n, bool)
+    elif inside is None:
         counts = np.ones(n, bool)
     else:
         ry, rx = inside

@@ -20,8 +20,14 @@ class ScoreParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    alpha: float | None = Field(None, ge=0, le=1, description="weight of the discriminator term")
-    sigma: float | None = Field(None, ge=0, le=64, description="smoothing (px), <= sigma_max")
+    alpha: float | None = Field(
+        None, ge=0, le=1,
+        description="weight of the discriminator term in the map drawn; the verdict stays the "
+        "model's unless image_threshold is given",
+    )  # fmt: skip
+    sigma: float | None = Field(
+        None, ge=0, le=64, description="smoothing (px) of the map drawn, <= sigma_max; as alpha"
+    )
     pixel_threshold: float | None = _threshold("gamma: Omega = score map > gamma")
     image_threshold: float | None = _threshold("tau: anomalous when score > tau")
     min_area: int | None = Field(None, ge=0, le=10**9, description="smallest region (px)")
@@ -138,7 +144,7 @@ class ScoreOut(BaseModel):
     heatmap: PngOut | None
     notes: list[str] = Field(
         description="what decoding and scoring did, e.g. first page of a TIFF used, zoomed to "
-        "the training scale, thresholds not calibrated for an overridden alpha"
+        "the training scale, an overridden alpha that draws the map but does not decide"
     )
     timings: Timings
     model: ModelIdentity
@@ -172,7 +178,8 @@ class ModelOut(ModelIdentity):
     )
     calibration: dict[str, Any] = Field(description="how the settings were chosen: the self-check")
     calibrated_settings: list[list[float]] = Field(
-        description="[alpha, sigma] pairs with thresholds calibrated for them, the model's first"
+        description="[alpha, sigma] pairs with a pixel threshold calibrated for them, the "
+        "model's first"
     )
     normal_model: dict[str, Any] = Field(
         description="the image-level model of the normals (models.ood; empty: none)"

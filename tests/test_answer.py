@@ -1,6 +1,6 @@
 """The answer an operator reads: one score that decides, the same on every surface; regions
 that say whether they count; a reason for every verdict; overrides of alpha and sigma that
-keep calibrated thresholds (or say they do not)."""
+draw the map at them, masked by a calibrated gamma, and leave the verdict the model's."""
 
 from __future__ import annotations
 
@@ -103,48 +103,67 @@ def test_every_verdict_has_its_reason(detector, synth_data):
             assert "only in the edge band" in r.reason
 
 
-def test_overrides_keep_normal_images_normal(detector, synth_data):
-    """At every calibrated (alpha, sigma) the thresholds are the table's, no note, and no
-    normal test image changes its decision."""
+def test_overrides_keep_every_decision(detector, synth_data):
+    """At every calibrated (alpha, sigma), and off the grid, the map is drawn at the
+    override and masked by the table's gamma, while no test image changes its score or
+    decision: the verdict is the model's, and the override's regions say they do not count."""
     m = detector.meta
-    goods = [load_image(p).pixels for p in sorted((synth_data / "test" / "good").glob("*.png"))]
-    base = [r.is_anomalous for r in detector.score(goods)]
+    paths = sorted((synth_data / "test").glob("*/*.png"))
+    images = [load_image(p).pixels for p in paths]
+    base = detector.score(images)
     settings = m.calibrated_settings()
     assert len(settings) == 1 + 25 - 1  # the model's own pair, then the 5 x 5 grid
-    for alpha, sigma in settings:
-        results = detector.score(goods, alpha=alpha, sigma=sigma)
-        assert [r.is_anomalous for r in results] == base, (alpha, sigma)
-        assert (results[0].pixel_threshold, results[0].image_threshold) == m.thresholds_for(
-            alpha, sigma
-        )
-        assert not [n for r in results for n in r.notes if n.startswith("thresholds not")]
+    drawn = 0
+    for alpha, sigma in [*settings[1:], (0.3, 3.0)]:
+        results = detector.score(images, alpha=alpha, sigma=sigma)
+        assert [(r.score, r.is_anomalous) for r in results] == [
+            (r.score, r.is_anomalous) for r in base
+        ], (alpha, sigma)
+        gamma = m.pixel_threshold_for(alpha, sigma)
+        assert results[0].pixel_threshold == (m.pixel_threshold if gamma is None else gamma)
+        assert results[0].image_threshold == m.image_threshold
+        assert all(not g.counts for r in results for g in r.regions)
+        assert all("the score and verdict are the model's" in r.notes[-1] for r in results)
+        for r in results:
+            assert "at the model's alpha" in r.reason or r.out_of_distribution, r.reason
+            assert "does not decide" in r.reason or r.is_anomalous or not r.regions, r.reason
+        pairs = zip(results, base, strict=True)
+        drawn += any(not np.array_equal(r.score_map, b.score_map) for r, b in pairs)
+    assert drawn > 0  # the overrides draw other maps (alpha alone may not: w_0 may be 0)
 
 
-def test_an_uncalibrated_override_says_so(detector, synth_data):
+def test_an_image_threshold_decides_on_the_overridden_map(detector, synth_data):
     image = load_image(synth_data / "test" / "good" / "000.png").pixels
     (r,) = detector.score([image], alpha=0.3)
-    assert r.notes[0].startswith("thresholds not calibrated for alpha 0.3, sigma ")
+    assert any(n.startswith("pixel threshold not calibrated for alpha 0.3, ") for n in r.notes)
     assert r.image_threshold == detector.meta.image_threshold
     (r,) = detector.score([image], alpha=0.3, image_threshold=1.0, pixel_threshold=1.0)
-    assert r.notes == ()  # the caller chose both thresholds
+    assert not [n for n in r.notes if "calibrated" in n or "verdict" in n]  # the caller's
+    (work, _) = to_scale(image, detector.meta.fibre_scale)
+    own = detector._maps([work], 0.3, detector.meta.sigma)[0][0]
+    assert r.score == image_decision(own) and r.is_anomalous == (r.score > 1.0)
 
 
-def test_rest_override_uses_the_calibrated_pair(tiny_model, synth_data):
+def test_rest_override_uses_the_calibrated_gamma(tiny_model, synth_data):
     path = synth_data / "test" / "good" / "000.png"
     with ready_client(tiny_model) as client:
         model = client.get("/v1/model").json()
-        body = client.post(
-            "/v1/score?alpha=0&sigma=4&mask_format=none",
-            files={"file": (path.name, path.read_bytes())},
-        ).json()
-    gamma, tau = Detector(tiny_model, providers=("cpu",)).meta.thresholds_for(0.0, 4.0)
-    assert (body["pixel_threshold"], body["image_threshold"]) == (gamma, tau)
-    assert [0.0, 4.0] in model["calibrated_settings"] and body["notes"] == []
+        plain, body = (
+            client.post(
+                f"/v1/score?{q}mask_format=none", files={"file": (path.name, path.read_bytes())}
+            ).json()
+            for q in ("", "alpha=0&sigma=4&")
+        )
+    meta = Detector(tiny_model, providers=("cpu",)).meta
+    assert body["pixel_threshold"] == meta.pixel_threshold_for(0.0, 4.0)
+    assert (body["image_threshold"], body["score"]) == (meta.image_threshold, plain["score"])
+    assert body["is_anomalous"] == plain["is_anomalous"]
+    assert [0.0, 4.0] in model["calibrated_settings"] and len(body["notes"]) == 1
 
 
 def test_an_artifact_without_the_new_tables_still_loads(tiny_model, tmp_path):
     """A model calibrated before the normals' model and the threshold table existed: it
-    loads, has no image-level model, and an override says its thresholds are off."""
+    loads, has no image-level model, and an override says its pixel threshold is off."""
     import onnx
 
     proto = onnx.load(tiny_model)
@@ -158,7 +177,7 @@ def test_an_artifact_without_the_new_tables_still_loads(tiny_model, tmp_path):
     assert det.meta.calibrated_settings() == [(det.meta.alpha, det.meta.sigma)]
     image = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 1))
     (r,) = det.score([image], alpha=0.0)
-    assert r.notes[-1].startswith("thresholds not calibrated for alpha 0, sigma ")
+    assert any(n.startswith("pixel threshold not calibrated for alpha 0, sigma ") for n in r.notes)
 
 
 def test_blank_frames_are_never_normal(detector):
@@ -198,7 +217,7 @@ def test_batch_job_takes_and_records_the_thresholds(tiny_model, synth_data, tmp_
     rows = pq.read_table(tmp_path / "b" / "results.parquet").to_pylist()
     assert rows and all(r["is_anomalous"] and r["image_threshold"] == 0.0 for r in rows)
     assert all(r["n_regions"] == 0 and r["alpha"] == 0.3 for r in rows)
-    assert all("thresholds not calibrated" not in r["notes"] for r in rows)  # both were given
+    assert all("not calibrated" not in r["notes"] for r in rows)  # both were given
     manifest = json.loads((tmp_path / "b" / "run.json").read_text())
     assert (manifest["image_threshold"], manifest["pixel_threshold"]) == (0.0, 1e6)
     assert manifest["model_name"] == Detector(tiny_model, providers=("cpu",)).name

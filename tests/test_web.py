@@ -110,7 +110,7 @@ def test_upload_shows_score_and_overlay(page, tmp_path):
     assert page.locator("#regions tbody tr").count() == len(body["regions"])
     assert page.text_content("#reason") == body["reason"]  # why, in the answer's words
     counts = page.locator("#regions tbody tr td:last-child").all_text_contents()
-    assert counts == ["yes" if g["counts"] else "edge band" for g in body["regions"]]
+    assert counts == ["yes" if g["counts"] else "no" for g in body["regions"]]
     stats = page.evaluate(CANVAS_STATS)
     assert (stats["width"], stats["height"]) == (192, 160)
     assert stats["colour"] > 0  # the heatmap is drawn over the grey image
@@ -126,7 +126,7 @@ def test_upload_shows_score_and_overlay(page, tmp_path):
         page.server.url + "/v1/score",
         params={"alpha": 0},
         files={"file": ("b.png", path.read_bytes())},
-    ).json()  # the page sent no thresholds: the server chose those calibrated for alpha 0
+    ).json()  # no thresholds sent: the map at alpha 0 (its gamma), the verdict the model's
     assert float(page.text_content("#r-image")) == pytest.approx(at0["image_threshold"], rel=1e-5)
     assert float(page.text_content("#score")) == pytest.approx(at0["score"], rel=1e-5)
     assert page.errors == []

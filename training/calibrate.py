@@ -35,7 +35,7 @@ from models.errors import ArtifactError, DataError, NanoinspectError
 from models.gaussian import gaussian_blur
 from models.ood import NormalModel
 from models.scale import resample, to_scale
-from models.scoring import mix, peak, residual, skipped_terms
+from models.scoring import mix, residual, skipped_terms
 from training import metrics, selfcheck
 from training.selfcheck import TERMS, Choice, Labelled, Terms
 
@@ -167,43 +167,35 @@ def tail_bound(scores: np.ndarray, fpr: float) -> float:
 def override_thresholds(
     weights: tuple[float, ...],
     clean: list[Terms],
-    own: tuple[np.ndarray, np.ndarray],
+    pixels: np.ndarray,
     gamma: float,
-    tau: float,
     sigma_max: float,
 ) -> list[list[float]]:
-    """[alpha, sigma, gamma, tau] per point of OVERRIDE_ALPHAS x OVERRIDE_SIGMAS (up to
-    sigma_max) that stand where the model's own gamma and tau stand among the clean
-    normals (own: their pixels and image scores, from the graph at its own pair): gamma
-    leaves the same share of normal pixels above it, tau lies as many standard deviations
-    above the normals' mean score (for a tail_bound tau: the tail bound at that pair). So
-    an override changes what is scored, not how strict the thresholds are, whichever way
-    the own pair was chosen."""
+    """[alpha, sigma, gamma] per point of OVERRIDE_ALPHAS x OVERRIDE_SIGMAS (up to sigma_max):
+    gamma leaves the share of the clean normals' pixels above it that the model's own gamma
+    leaves on its own map (pixels), so a map drawn at an override is masked as strictly.
+    No tau: an override draws the map; the verdict stays the model's (Detector.score)."""
     points = [(a, s) for s in OVERRIDE_SIGMAS if s <= sigma_max for a in OVERRIDE_ALPHAS]
-    pixels, scores = own
     share = max(float(np.mean(pixels > gamma)), 1 / pixels.size)
-    z = (tau - scores.mean()) / max(float(scores.std()), 1e-12)
-    table = []
-    for (alpha, sigma), (values, images) in _override_maps(weights, clean, points).items():
-        gamma_at = float(np.quantile(values, 1 - share))
-        table.append([alpha, sigma, gamma_at, float(images.mean() + z * images.std())])
-    return table
+    return [
+        [alpha, sigma, float(np.quantile(values, 1 - share))]
+        for (alpha, sigma), values in _override_pixels(weights, clean, points).items()
+    ]
 
 
-def _override_maps(
+def _override_pixels(
     weights: tuple[float, ...], clean: list[Terms], points: list[tuple[float, float]]
-) -> dict[tuple[float, float], tuple[np.ndarray, np.ndarray]]:
-    """Per (alpha, sigma), in the order of points: the normals' pixels (one array) and image
-    scores, by the graph's blur, mix and peak (models.scoring). Blurring is linear, so each
-    term is blurred once per sigma and mixed per alpha."""
+) -> dict[tuple[float, float], np.ndarray]:
+    """Per (alpha, sigma), in the order of points: the normals' map pixels (one array), by
+    the graph's blur and mix (models.scoring). Blurring is linear, so each term is blurred
+    once per sigma and mixed per alpha."""
     out = {}
     stacks = [torch.stack([c[k] for k in TERMS])[:, None] for c in clean]  # (5, 1, H, W)
     for sigma in dict.fromkeys(s for _, s in points):
         blurred = [gaussian_blur(x, torch.tensor(sigma))[:, None] for x in stacks]
         for alpha in [a for a, s in points if s == sigma]:
             maps = [mix(weights, alpha, *b) for b in blurred]  # (1, 1, H, W) each
-            pixels = np.concatenate([m.ravel().numpy() for m in maps])
-            out[(alpha, sigma)] = pixels, np.array([float(peak(m)) for m in maps])
+            out[(alpha, sigma)] = np.concatenate([m.ravel().numpy() for m in maps])
     return out
 
 
@@ -268,7 +260,7 @@ def calibrate(
     terms = [graph_terms(im, out, meta.r_scale) for im, out in zip(normals, clean, strict=True)]
     meta = meta.with_(
         normal_model=NormalModel.fit(normals).to_dict(),
-        thresholds=override_thresholds(best.weights, terms, own, gamma, tau, meta.sigma_max),
+        thresholds=override_thresholds(best.weights, terms, own[0], gamma, meta.sigma_max),
         pixel_threshold=gamma,
         image_threshold=tau,
         calibration=_record(normals, labelled, check, best, tried, method),
@@ -333,8 +325,7 @@ def _record(
         **method,
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "override_thresholds": (
-            "per (alpha, sigma): the share of normal pixels above gamma and tau's standing "
-            "among the normals' scores (mean + z std) kept as at the chosen pair (for a "
-            "prediction-bound tau: that pair's own bound)"
+            "per (alpha, sigma): gamma leaving the share of normal pixels above it that the "
+            "chosen pair's does; the verdict stays the chosen pair's"
         ),
     }

@@ -106,14 +106,16 @@ def detector_speed(model: Path, images: Sequence[Path], batch: int = 8) -> dict:
 
 
 def override_flips(model: Path, normals: Sequence[Path]) -> dict:
-    """How many NORMALS change their decision when alpha and sigma are overridden to any
-    pair the model's threshold table calibrates (what the API accepts without a note)."""
+    """How many NORMALS change their decision when alpha or sigma is overridden: each
+    calibrated alpha at the model's sigma, each calibrated sigma at its alpha, and one pair
+    off the grid (an override draws the map; the verdict should stay the model's)."""
     from models.detector import Detector
     from models.images import load_image
 
     det = Detector(model, providers=("cpu",))
     pixels = [load_image(p, crop_bottom=det.meta.crop_bottom).pixels for p in normals]
-    _, *others = det.meta.calibrated_settings()  # the model's own pair first: that is base
+    own, *table = det.meta.calibrated_settings()  # the model's own pair first: that is base
+    others = [(a, s) for a, s in table if own[0] == a or own[1] == s] + [(0.3, 3.0)]
     base = [r.is_anomalous for r in det.score(pixels)]
     flipped: set[int] = set()
     for alpha, sigma in others:

@@ -64,7 +64,7 @@ class Job:
             "sigma": m.sigma,
             "image_threshold": tau,
             "pixel_threshold": gamma,
-            "thresholds_note": notes[0] if notes else None,
+            "thresholds_note": "; ".join(notes) or None,
             "crop_bottom": crop,
             "outputs": sorted(self.kinds),
         }

@@ -137,7 +137,7 @@ function showResult(r) {
   $("regions-count").textContent = r.regions_total > r.regions.length ? `(${r.regions.length} of ${r.regions_total})` : `(${r.regions_total})`;
   const rows = r.regions.map((reg, i) => {
     const tr = document.createElement("tr");
-    for (const v of [i + 1, reg.bbox.join(", "), reg.area, fmt(reg.peak_score), fmt(reg.mean_score), reg.counts ? "yes" : "edge band"]) {
+    for (const v of [i + 1, reg.bbox.join(", "), reg.area, fmt(reg.peak_score), fmt(reg.mean_score), reg.counts ? "yes" : "no"]) {
       tr.appendChild(Object.assign(document.createElement("td"), { textContent: v }));
     }
     return tr;
