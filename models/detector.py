@@ -296,9 +296,7 @@ class Detector:
         )
         zoomed = [to_scale(img, m.fibre_scale) for img in images]
         maps = self._maps([img for img, _ in zoomed], alpha, sigma)
-        # an override of alpha or sigma without an image threshold is a view: the map and
-        # regions are drawn at it, the verdict is the model's map's against the model's tau
-        view = (alpha, sigma) != (m.alpha, m.sigma) and image_threshold is None
+        view = self.is_view(alpha, sigma, image_threshold)
         deciding = self._maps([img for img, _ in zoomed], m.alpha, m.sigma) if view else maps
 
         results = []
@@ -354,7 +352,15 @@ class Detector:
                 out = self.run(batch, alpha, sigma, ("score_map",))
                 for j, i in enumerate(chunk):
                     maps[i] = (out["score_map"][j, 0], 1)
-        return [entry for entry in maps if entry is not None]
+        assert all(entry is not None for entry in maps), "every image is scored once"
+        return maps  # type: ignore[return-value]
+
+    def is_view(self, alpha: float, sigma: float, image_threshold: float | None) -> bool:
+        """Whether these settings only draw the map: an override of alpha or sigma without an
+        image threshold draws the map and regions at it, while the score and verdict stay
+        the model's own map's against the model's tau (no decision moves with a view)."""
+        own = (alpha, sigma) == (self.meta.alpha, self.meta.sigma)
+        return not own and image_threshold is None
 
     def thresholds(
         self, alpha: float, sigma: float, gamma: float | None, tau: float | None
@@ -366,7 +372,6 @@ class Detector:
         only draws the map."""
         m = self.meta
         calibrated = m.pixel_threshold_for(alpha, sigma)
-        own = (alpha, sigma) == (m.alpha, m.sigma)
         notes = []
         if gamma is None and calibrated is None:
             grid = f"alpha {m.alpha:g} with sigma {m.sigma:g}"
@@ -378,7 +383,7 @@ class Detector:
                 f"pixel threshold not calibrated for alpha {alpha:g}, sigma {sigma:g}: the "
                 f"model's are for {grid}; pass pixel_threshold to set it"
             )
-        if not own and tau is None:
+        if self.is_view(alpha, sigma, tau):
             notes.append(
                 f"alpha {alpha:g}, sigma {sigma:g} draw the map and regions; the score and "
                 f"verdict are the model's, at alpha {m.alpha:g}, sigma {m.sigma:g} (pass "
