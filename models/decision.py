@@ -26,8 +26,13 @@ def edge_band(shape: tuple[int, int], px: float = 1.0) -> int:
     return min(round(EDGE * px), (h - 1) // 4, (w - 1) // 4)
 
 
-def image_decision(score_map: np.ndarray, px: float = 1.0) -> float:
-    """The maximum of score_map (H, W) inside the edge band (edge_band): the image score."""
+def decided_part(score_map: np.ndarray, px: float = 1.0) -> np.ndarray:
+    """The part of score_map (H, W) inside the edge band (edge_band): what decides."""
     h, w = score_map.shape
     band = edge_band((h, w), px)
-    return float(score_map[band : h - band, band : w - band].max())
+    return score_map[band : h - band, band : w - band]
+
+
+def image_decision(score_map: np.ndarray, px: float = 1.0) -> float:
+    """The maximum of the map's decided part (decided_part): the image score."""
+    return float(decided_part(score_map, px).max())

@@ -337,7 +337,7 @@ class Detector:
     ) -> list[tuple[np.ndarray, int]]:
         """The graph's score map of each image (at the working scale) and the tiles it took:
         same-size images in batches, large or tiny ones by parts (_stitched)."""
-        maps: list[tuple[np.ndarray, int] | None] = [None] * len(images)
+        maps: dict[int, tuple[np.ndarray, int]] = {}
         groups: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(images):
             if max(img.shape) > self.tile or min(img.shape) < MIN_SIDE:
@@ -352,8 +352,7 @@ class Detector:
                 out = self.run(batch, alpha, sigma, ("score_map",))
                 for j, i in enumerate(chunk):
                     maps[i] = (out["score_map"][j, 0], 1)
-        assert all(entry is not None for entry in maps), "every image is scored once"
-        return maps  # type: ignore[return-value]
+        return [maps[i] for i in range(len(images))]  # a KeyError, not a gap, if one is missing
 
     def is_view(self, alpha: float, sigma: float, image_threshold: float | None) -> bool:
         """Whether these settings only draw the map: an override of alpha or sigma without an

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.decision import EDGE, image_decision
+from models.decision import EDGE, decided_part, image_decision
 
 
 def test_edge_peak_is_left_out_inner_peak_counts():
@@ -32,3 +32,14 @@ def test_small_maps_keep_their_centre():
     m[4, 20] = 5.0
     assert image_decision(m) == 5.0
     assert image_decision(np.full((1, 1), 7.0, np.float32)) == 7.0
+
+
+@pytest.mark.parametrize("shape", [(200, 300), (9, 40), (1, 1)])
+def test_decided_part_is_what_the_peak_is_taken_over(shape):
+    """Statistics other than the peak (quality scripts) read the same part of the map."""
+    m = np.random.default_rng(0).random(shape).astype(np.float32)
+    part = decided_part(m)
+    band = (shape[0] - part.shape[0]) // 2
+    assert part.size > 0 and image_decision(m) == float(part.max())
+    assert part.shape == (shape[0] - 2 * band, shape[1] - 2 * band)
+    assert band == min(EDGE, (shape[0] - 1) // 4, (shape[1] - 1) // 4)

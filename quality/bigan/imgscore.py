@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from models.decision import edge_band
+from models.decision import decided_part, image_decision
 from models.detector import Detector
 from models.images import load_image
 from training.metrics import auroc
@@ -20,21 +20,22 @@ SIGMAS = (2.0, 4.0, 8.0)
 ALPHAS = (1.0, 0.75, 0.5, 0.25, 0.0)
 
 
-def inner(m: np.ndarray) -> np.ndarray:
-    b = edge_band(m.shape)
-    return m[b:-b, b:-b]
-
-
 def top(share: float):
-    return lambda m: float(np.sort(inner(m).ravel())[-max(1, int(inner(m).size * share)) :].mean())
+    """The mean of the highest `share` of the map's decided part."""
+
+    def stat(m: np.ndarray) -> float:
+        part = np.sort(decided_part(m).ravel())
+        return float(part[-max(1, int(part.size * share)) :].mean())
+
+    return stat
 
 
 STATS = {
-    "peak": lambda m: float(inner(m).max()),
+    "peak": image_decision,  # the product's image score
     "top 0.1 %": top(1e-3),
     "top 1 %": top(1e-2),
-    "peak of blur 8": lambda m: float(inner(ndi.gaussian_filter(m, 8)).max()),
-    "mean": lambda m: float(inner(m).mean()),
+    "peak of blur 8": lambda m: image_decision(ndi.gaussian_filter(m, 8)),
+    "mean": lambda m: float(decided_part(m).mean()),
 }
 
 
