@@ -43,9 +43,9 @@ def test_networks_follow_the_stride_contract():
     z = bigan.encoder(x)
     assert z.shape == (3, CFG.latent_channels, 6, 10)
     assert bigan.generator(z).shape == x.shape
-    assert bigan.discriminator(x, z).shape == (3, 1, 12, 20)  # 1/disc_stride: 1/4
+    assert bigan.discriminator(x, z, x).shape == (3, 1, 12, 20)  # 1/disc_stride: 1/4
     coarse = BiGAN(ModelConfig(channels=8, latent_channels=4, disc_channels=8, disc_stride=8))
-    assert coarse.discriminator(x, coarse.encoder(x)).shape == (3, 1, 6, 10)
+    assert coarse.discriminator(x, coarse.encoder(x), x).shape == (3, 1, 6, 10)
 
 
 @pytest.mark.parametrize("disc_stride", [0, 3, 16])
