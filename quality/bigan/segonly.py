@@ -51,7 +51,7 @@ def main(data: Path, lr: float, steps: int) -> None:
             test = corrupt(sampler.batch(99_999, 64), 1.0, g)
             print(f"step {step + 1}: cell AUROC {cell_auroc(bigan, *test):.3f}", flush=True)
     print(f"{time.time() - began:.0f} s")
-    for kind in range(corrupt_module.FILLS):  # each fill alone: torch.randint picks it
+    for kind in range(corrupt_module.FILL_KINDS):  # each fill alone: torch.randint picks it
         real = torch.randint
         torch.randint = lambda *a, generator=None, k=kind, real=real: (
             torch.full(a[-1], k) if len(a[-1]) == 4 else real(*a, generator=generator)
