@@ -2,7 +2,7 @@
 torch path, REST and batch all compute the same numbers.
 
     r(c) = |G(E(s))(c) - s(c)| / r_scale
-    d(c) = (D~(s, E(s))(c) - 1)^2 / d_scale       D~: D's map upsampled to H x W
+    d(c) = (D~(s, E(s), G(E(s)))(c) - 1)^2 / d_scale   D~: D's map upsampled to H x W
     f(c) = Mahalanobis^2 of E(s)(c) under a Gaussian of normal codes, / f_scale
     t(c) = Mahalanobis^2 of the local statistics of the image, of its openings at several
            multiples of the fibre width and of its closing, at three window sizes, / t_scale

@@ -48,6 +48,23 @@ def test_networks_follow_the_stride_contract():
     assert coarse.discriminator(x, coarse.encoder(x), x).shape == (3, 1, 6, 10)
 
 
+def test_d_reads_the_restoration_the_graph_gives_it():
+    """D's map depends on the restoration beside the image, and the scoring graph gives it
+    G(E(s)): changing G alone (E and D fixed) moves the d term."""
+    torch.manual_seed(0)
+    bigan = BiGAN(CFG)
+    x = torch.rand(2, 1, 48, 64)
+    scorer = AnomalyScorer(bigan).eval()
+    with torch.no_grad():
+        z = bigan.encoder(x)
+        beside_itself = bigan.discriminator(x, z, x)
+        assert not torch.allclose(beside_itself, bigan.discriminator(x, z, torch.rand_like(x)))
+        before = scorer.terms(x)[0]
+        for p in bigan.generator.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+        assert not torch.allclose(before, scorer.terms(x)[0])
+
+
 @pytest.mark.parametrize("disc_stride", [0, 3, 16])
 def test_config_refuses_a_disc_stride_that_is_no_level(disc_stride):
     with pytest.raises(ValueError, match="disc_stride"):
