@@ -69,12 +69,19 @@ def aupro(masks: list[np.ndarray], maps: list[np.ndarray], max_fpr: float = 0.3)
 
 
 def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """(threshold, F1) maximising F1 of `scores > threshold`."""
+    """(threshold, F1) maximising F1 of `scores > threshold`. The threshold lies midway
+    between the lowest score it flags and the highest it does not: one ulp below a score,
+    that image scored again in another batch (the graph's sums differ in the last bits)
+    could fall on either side."""
+    scores = np.asarray(scores)
     precision, recall, thresholds = precision_recall_curve(np.asarray(labels, bool), scores)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     best = int(np.argmax(f1[:-1]))
-    # precision_recall_curve predicts positive at >= t; step just below t so that > works
-    return float(np.nextafter(thresholds[best], -np.inf)), float(f1[best])
+    lowest_flagged = thresholds[best]  # precision_recall_curve flags scores >= it
+    below = scores[scores < lowest_flagged]
+    if below.size == 0:  # every score flagged: no gap to sit in
+        return float(np.nextafter(lowest_flagged, -np.inf)), float(f1[best])
+    return float((float(lowest_flagged) + float(below.max())) / 2), float(f1[best])
 
 
 def f1_iou(pred: list[np.ndarray], truth: list[np.ndarray]) -> tuple[float, float]:
