@@ -25,15 +25,17 @@ FILE = {"file": ("defect.png", defect_png())}
 
 @pytest.fixture(scope="module")
 def model_b(tiny_model, tmp_path_factory) -> Path:
-    """A second model: the tiny one recalibrated (another name, alpha and image threshold,
-    so other scores and verdicts) by rewriting its metadata, as `nanoinspect calibrate`
-    does; a second export would cost a minute of the suite."""
+    """A second model: the tiny one recalibrated (another name, alpha, sigma and image
+    threshold, so other scores and verdicts: alpha alone moves nothing when calibration gave
+    the BiGAN's term no weight) by rewriting its metadata, as `nanoinspect calibrate` does;
+    a second export would cost a minute of the suite."""
     import onnx
 
     model = onnx.load(tiny_model)
     props = {p.key: p for p in model.metadata_props}
     props["name"].value = "tiny-b"
     props["alpha"].value = "0.0" if float(props["alpha"].value) > 0.5 else "1.0"
+    props["sigma"].value = "0.0" if float(props["sigma"].value) > 0 else "4.0"
     props["image_threshold"].value = str(float(props["image_threshold"].value) * 0.9)
     out = tmp_path_factory.mktemp("model_b") / "tiny-b.onnx"
     onnx.save(model, out)

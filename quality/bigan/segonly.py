@@ -24,7 +24,8 @@ from training.metrics import auroc
 
 def cell_auroc(bigan: BiGAN, x_in: torch.Tensor, mask: torch.Tensor) -> float:
     with torch.no_grad():
-        d = bigan.discriminator(x_in, bigan.encoder(x_in))
+        z = bigan.encoder(x_in)
+        d = bigan.discriminator(x_in, z, bigan.generator(z))
     cell = F.avg_pool2d(mask, x_in.shape[-1] // d.shape[-1]) > 0.5
     return auroc(cell.flatten().numpy(), ((d - 1) ** 2).flatten().numpy())
 
@@ -41,7 +42,8 @@ def main(data: Path, lr: float, steps: int) -> None:
         x_in, mask = corrupt(sampler.batch(step, 16), 0.5, g)
         with torch.no_grad():
             z = bigan.encoder(x_in)
-        loss = segmentation_loss(bigan.discriminator(x_in, z), mask)
+            restored = bigan.generator(z)
+        loss = segmentation_loss(bigan.discriminator(x_in, z, restored), mask)
         opt.zero_grad()
         loss.backward()
         opt.step()
