@@ -124,8 +124,8 @@ class AnomalyScorer(nn.Module):
 
     def descriptors(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """What the normal Gaussians are fitted on: E's code z on the latent grid (f's
-        features; D's features would carry G's rounding into f, beyond export parity) and
-        the local statistics on the STAT_STRIDE grid, of the padded image."""
+        features: a smaller Gaussian than with D's features beside it) and the local
+        statistics on the STAT_STRIDE grid, of the padded image."""
         x = self._pad(image)
         return self.bigan.encoder(x), local_stats(x, granulometry(x, self.side), self.side)
 
