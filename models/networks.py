@@ -1,8 +1,8 @@
 """The BiGAN: encoder E, generator G and joint discriminator D, all fully convolutional.
 
 E maps an image (N, 1, H, W) to a latent map (N, C_z, H/s, W/s); G maps it back; D scores
-an (image, latent) pair, reading the image beside its restoration, with a map
-(N, 1, H/t, W/t), t = disc_stride, and no sigmoid (least-squares GAN).
+an (image, latent) pair with a map (N, 1, H/t, W/t), t = disc_stride, and no sigmoid
+(least-squares GAN).
 H and W must be multiples of the stride s; `scoring.AnomalyScorer` pads to guarantee it.
 """
 
@@ -53,17 +53,12 @@ class Discriminator(nn.Module):
     1x1 convs and 1x1 convs over their concatenation, then a decoder back up to
     1/disc_stride of the image that reads the image branch's features at each level (a
     U-Net's skips). A bead a few fibre widths across spans one or two cells of the latent
-    grid (1/8); at 1/4 it spans several, which is what D's defect map needs.
-
-    The image branch reads s beside its restoration G(E(s)), as DRAEM's segmenter reads an
-    image and its reconstruction: a defect is where the two differ, a bright bundle of
-    normal fibres is restored as it is. The restoration is a function of s, so D stays a
-    joint D(s, z)."""
+    grid (1/8); at 1/4 it spans several, which is what D's defect map needs."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         w = cfg.widths(cfg.disc_channels)
-        self.stem = nn.Sequential(nn.Conv2d(2, w[0], 3, padding=1), _act())
+        self.stem = nn.Sequential(nn.Conv2d(1, w[0], 3, padding=1), _act())
         self.down = nn.ModuleList(
             nn.Sequential(nn.Conv2d(w[i], w[i + 1], 3, stride=2, padding=1), _act())
             for i in range(cfg.depth)
@@ -85,17 +80,15 @@ class Discriminator(nn.Module):
         self.up = nn.ModuleList(ups)
         self.out = nn.Sequential(_act(), nn.Conv2d(prev, 1, 1)) if self.levels else nn.Identity()
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
-        """D's map (N, 1, H/disc_stride, W/disc_stride) of the image x beside restored =
-        G(E(x)), and the latent z."""
-        # G's outermost ring is left out (export computes it without the zero padding of G's
-        # last conv, models/phase.py) and the ring next to it repeated there; brought to x's
-        # own size (it has it already), the exported graph needs no equality of the two shapes
-        ring = F.pad(restored[..., 1:-1, 1:-1], (1, 1, 1, 1), mode="replicate")
-        restored = F.interpolate(ring, size=x.shape[-2:], mode="nearest")
-        feats = [self.stem(torch.cat([x, restored], dim=1))]  # strides 1, 2, ..., 2**depth
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The image branch's maps, at strides 1, 2, ..., 2**depth."""
+        feats = [self.stem(x)]
         for stage in self.down:
             feats.append(stage(feats[-1]))
+        return feats
+
+    def decode(self, feats: list[torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+        """D's map (N, 1, H/disc_stride, W/disc_stride) from the image features and z."""
         h = self.joint(torch.cat([feats[-1], self.latent(z)], dim=1))
         for i, up in zip(self.levels, self.up, strict=True):
             # to the skip's own size, not twice h's: the exported graph then needs no
@@ -103,6 +96,9 @@ class Discriminator(nn.Module):
             h = F.interpolate(h, size=feats[i].shape[-2:], mode="nearest")
             h = up(torch.cat([h, feats[i]], 1))
         return self.out(h)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.features(x), z)
 
 
 class BiGAN(nn.Module):

@@ -10,9 +10,8 @@ pixel shuffle of the one-channel result, so the 32-channel full-resolution tenso
 built nor interleaved.
 
 The zero padding of the original 3x3 conv is not reproduced on the outermost ring of G's
-output; the scorer crops MARGIN >= 1 px of reflected context there and D leaves that ring
-out of the restoration it reads, so every output of the graph is unchanged (export's
-parity check holds it to that).
+output; the scorer crops MARGIN >= 1 px of reflected context there, so every output of the
+graph is unchanged (export's parity check holds it to that).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 torch path, REST and batch all compute the same numbers.
 
     r(c) = |G(E(s))(c) - s(c)| / r_scale
-    d(c) = (D~(s, E(s), G(E(s)))(c) - 1)^2 / d_scale   D~: D's map upsampled to H x W
-    f(c) = Mahalanobis^2 of E(s)(c) under a Gaussian of normal codes, / f_scale
+    d(c) = (D~(s, E(s))(c) - 1)^2 / d_scale       D~: D's map upsampled to H x W
+    f(c) = Mahalanobis^2 of [E(s), D's image features](c) under a Gaussian of normal
+           features, / f_scale                     (the likelihood of the latent code)
     t(c) = Mahalanobis^2 of the local statistics of the image, of its openings at several
            multiples of the fibre width and of its closing, at three window sizes, / t_scale
     b(c) = the compact bodies wider than a fibre (the opening that erases fibres, less its
@@ -107,7 +108,8 @@ class AnomalyScorer(nn.Module):
         self.bigan = bigan
         self.stride = bigan.cfg.stride
         self.side = opening_side(fibre_scale)
-        self.features = Whitened(bigan.cfg.latent_channels)
+        width = bigan.cfg.widths(bigan.cfg.disc_channels)[-1]
+        self.features = Whitened(bigan.cfg.latent_channels + width)
         self.stats = Whitened(STAT_CHANNELS)
         self.register_buffer("r_scale", torch.tensor(float(r_scale)))
         self.register_buffer("d_scale", torch.tensor(float(d_scale)))
@@ -122,12 +124,20 @@ class AnomalyScorer(nn.Module):
         m, s = MARGIN, self.stride
         return F.pad(image, (m, m + (-(w + 2 * m)) % s, m, m + (-(h + 2 * m)) % s), mode="reflect")
 
+    def _networks(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Of the padded image: z = E(s), D's map, and the learned features [z, D's image
+        features] on the latent grid."""
+        z = self.bigan.encoder(x)  # (N, C_z, H'/s, W'/s), H' = H + 2m rounded up to s
+        disc = self.bigan.discriminator
+        levels = disc.features(x)
+        dmap = disc.decode(levels, z)  # (N, 1, H'/t, W'/t), t = disc_stride
+        return z, dmap, torch.cat([z, levels[-1]], dim=1)
+
     def descriptors(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """What the normal Gaussians are fitted on: E's code z on the latent grid (f's
-        features: a smaller Gaussian than with D's features beside it) and the local
-        statistics on the STAT_STRIDE grid, of the padded image."""
+        """What the normal Gaussians are fitted on: the learned features on the latent grid
+        and the local statistics on the STAT_STRIDE grid, of the padded image."""
         x = self._pad(image)
-        return self.bigan.encoder(x), local_stats(x, granulometry(x, self.side), self.side)
+        return self._networks(x)[2], local_stats(x, granulometry(x, self.side), self.side)
 
     def _full(self, grid: torch.Tensor, h: int, w: int, stride: int) -> torch.Tensor:
         m = MARGIN
@@ -140,15 +150,13 @@ class AnomalyScorer(nn.Module):
         h, w = image.shape[-2:]
         m = MARGIN
         x = self._pad(image)
-        z = self.bigan.encoder(x)  # (N, C_z, H'/s, W'/s), H' = H + 2m rounded up to s
-        restored = self.bigan.generator(z)
-        dmap = self.bigan.discriminator(x, z, restored)  # (N, 1, H'/t, W'/t), t = disc_stride
-        recon = restored[..., m : m + h, m : m + w]
+        z, dmap, feats = self._networks(x)
+        recon = self.bigan.generator(z)[..., m : m + h, m : m + w]
         d = self._full((dmap - 1) ** 2, h, w, self.bigan.cfg.disc_stride) / self.d_scale
         r = residual(recon, image, self.r_scale)
         f, t, b = (torch.zeros_like(d) for _ in "ftb")  # three outputs, three tensors
         if "f" not in self.skipped:
-            f = self._full(self.features(z), h, w, self.stride) / self.f_scale
+            f = self._full(self.features(feats), h, w, self.stride) / self.f_scale
         if not {"t", "b"} <= self.skipped:
             openings = granulometry(x, self.side)
             if "t" not in self.skipped:

@@ -43,29 +43,9 @@ def test_networks_follow_the_stride_contract():
     z = bigan.encoder(x)
     assert z.shape == (3, CFG.latent_channels, 6, 10)
     assert bigan.generator(z).shape == x.shape
-    assert bigan.discriminator(x, z, x).shape == (3, 1, 12, 20)  # 1/disc_stride: 1/4
+    assert bigan.discriminator(x, z).shape == (3, 1, 12, 20)  # 1/disc_stride: 1/4
     coarse = BiGAN(ModelConfig(channels=8, latent_channels=4, disc_channels=8, disc_stride=8))
-    assert coarse.discriminator(x, coarse.encoder(x), x).shape == (3, 1, 6, 10)
-
-
-def test_d_reads_the_restoration_the_graph_gives_it():
-    """D's map depends on the restoration beside the image, and the scoring graph gives it
-    G(E(s)): changing G alone (E and D fixed) moves the d term."""
-    torch.manual_seed(0)
-    bigan = BiGAN(CFG)
-    x = torch.rand(2, 1, 48, 64)
-    scorer = AnomalyScorer(bigan).eval()
-    with torch.no_grad():
-        z = bigan.encoder(x)
-        beside_itself = bigan.discriminator(x, z, x)
-        assert not torch.allclose(beside_itself, bigan.discriminator(x, z, torch.rand_like(x)))
-        ring = x.clone()  # G's outermost ring, which export computes otherwise, is not read
-        ring[..., [0, -1], :], ring[..., :, [0, -1]] = 0.0, 1.0
-        assert torch.equal(beside_itself, bigan.discriminator(x, z, ring))
-        before = scorer.terms(x)[0]
-        for p in bigan.generator.parameters():
-            p.add_(0.5 * torch.randn_like(p))
-        assert not torch.allclose(before, scorer.terms(x)[0])
+    assert coarse.discriminator(x, coarse.encoder(x)).shape == (3, 1, 6, 10)
 
 
 @pytest.mark.parametrize("disc_stride", [0, 3, 16])

@@ -44,15 +44,9 @@ def optimise(
     with autocast:
         z, z_in, recon, fake = eg(x, x_in if corrupted else x, z_prior)
         images, codes = [x, fake.detach()], [z.detach(), z_prior]
-        restored = [_restored(eg, torch.cat(images))]  # what D reads beside each image
         if corrupted:  # D also sees the corrupted patches, and must say where they changed
             images, codes = [*images, x_in], [*codes, z_in.detach()]
-            restored.append(recon.detach())
-        d_out = (
-            disc(torch.cat(images), torch.cat(codes), torch.cat(restored))
-            .float()
-            .chunk(len(images))
-        )
+        d_out = disc(torch.cat(images), torch.cat(codes)).float().chunk(len(images))
         loss_adv = discriminator_loss(d_out[0], d_out[1])
         loss_seg = segmentation_loss(d_out[2], mask) if corrupted else torch.zeros(())
         loss_d = loss_adv + cfg.lambda_seg * loss_seg
@@ -60,18 +54,9 @@ def optimise(
     loss_d.backward()
     opt_d.step()
     with autocast:
-        pairs = torch.cat([x, fake]), torch.cat([z, z_prior]), restored[0]
-        d_real, d_fake = disc(*pairs).float().chunk(2)
+        d_real, d_fake = disc(torch.cat([x, fake]), torch.cat([z, z_prior])).float().chunk(2)
         loss_eg, rec = encoder_generator_loss(d_real, d_fake, recon.float(), x, cfg.lambda_rec)
     opt_eg.zero_grad(set_to_none=True)
     loss_eg.backward()
     opt_eg.step()
     return {"loss_d": loss_adv, "seg": loss_seg, "loss_eg": loss_eg, "rec": rec}
-
-
-@torch.no_grad()
-def _restored(eg: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """G(E(images)), the restorations D reads beside them: an input to D, not a path for
-    E's and G's gradients (those come from the pair (s, E(s)) and the reconstruction)."""
-    inner = getattr(eg, "module", eg)  # DistributedDataParallel wraps it
-    return inner.generator(inner.encoder(images))

@@ -24,8 +24,7 @@ from training.metrics import auroc
 
 def cell_auroc(bigan: BiGAN, x_in: torch.Tensor, mask: torch.Tensor) -> float:
     with torch.no_grad():
-        z = bigan.encoder(x_in)
-        d = bigan.discriminator(x_in, z, bigan.generator(z))
+        d = bigan.discriminator(x_in, bigan.encoder(x_in))
     cell = F.avg_pool2d(mask, x_in.shape[-1] // d.shape[-1]) > 0.5
     return auroc(cell.flatten().numpy(), ((d - 1) ** 2).flatten().numpy())
 
@@ -42,8 +41,7 @@ def main(data: Path, lr: float, steps: int) -> None:
         x_in, mask = corrupt(sampler.batch(step, 16), 0.5, g)
         with torch.no_grad():
             z = bigan.encoder(x_in)
-            restored = bigan.generator(z)
-        loss = segmentation_loss(bigan.discriminator(x_in, z, restored), mask)
+        loss = segmentation_loss(bigan.discriminator(x_in, z), mask)
         opt.zero_grad()
         loss.backward()
         opt.step()
