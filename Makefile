@@ -57,7 +57,8 @@ soak: $(VENV)/.installed
 # test set at 1024x704, train with the default recipe and budget, export label-free, evaluate;
 # writes quality/matrix.md and .json. ARGS, e.g. ARGS="--domains classic --max-minutes 3
 # --n-train 30": --domains a,b --size WxH --n-train --n-test-good --n-test-per-defect
-# --max-minutes --max-steps --work DIR --out DIR. A benchmark (README: Quality), no asserts.
+# --max-minutes --max-steps --train-seed --work DIR --out DIR. A benchmark (README:
+# Quality), no asserts.
 quality: $(VENV)/.installed
 	$(BIN)/python -m training.quality matrix $(ARGS)
 

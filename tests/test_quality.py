@@ -36,7 +36,7 @@ def test_matrix_smoke(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "training.quality", "matrix", "--domains", "classic"]
     cmd += ["--size", "128x96", "--n-train", "6", "--n-test-good", "2"]
-    cmd += ["--n-test-per-defect", "1", "--max-steps", "3"]
+    cmd += ["--n-test-per-defect", "1", "--max-steps", "3", "--train-seed", "7"]
     cmd += ["--work", str(tmp_path / "work"), "--out", str(out)]
     # a guard against a hang, under pytest's 600 s: it takes 3.5 min alone on 2 busy cores
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=560)
@@ -51,6 +51,10 @@ def test_matrix_smoke(tmp_path):
     assert all(v > 0 for v in filled)
     assert row["budget"] == "3 steps" and row["settings"]["size"] == "128x96"
     assert "| classic |" in (out / "matrix.md").read_text()
+    # the training seed reaches train and the record
+    run_config = json.loads((tmp_path / "work" / "classic" / "run" / "config.json").read_text())
+    assert run_config["seed"] == 7 and row["settings"]["train_seed"] == 7
+    assert "training seed 7" in (out / "matrix.md").read_text()
     # the same model scored by each family of terms alone, as its calibration chose them
     assert set(row["ablation"]) == {"formula", "d", "r", "handmade"}
     for figures in row["ablation"].values():

@@ -143,7 +143,7 @@ def _settings_text(s: dict) -> str:
     return (
         f"{s['size']}, {s['n_train']} train, "
         f"{s['n_test_good']} good + {s['n_test_per_defect']}/type test"
-    )
+    ) + (f", training seed {s['train_seed']}" if s.get("train_seed") else "")
 
 
 def matrix_markdown(rows: dict[str, dict], summaries: dict[str, str]) -> str:
@@ -245,11 +245,15 @@ def matrix(
     n_test_per_defect: int = 10,
     max_minutes: Annotated[float | None, typer.Option(help="passed to train")] = None,
     max_steps: Annotated[int | None, typer.Option(help="passed to train")] = None,
+    train_seed: Annotated[
+        int, typer.Option(help="train's --seed: another draw of weights, patches and holdout")
+    ] = 0,
     work: Path = Path("quality/work"),
     out: Path = Path("quality"),
 ):
     """Train, export label-free and evaluate on every synthetic domain; write OUT/matrix.md
-    and .json (rows of domains not run this time are kept from the previous record)."""
+    and .json (rows of domains not run this time are kept from the previous record). One
+    training seed measures one draw: compare variants over several (--train-seed)."""
     known = domains()
     names = [n.strip() for n in domains_.split(",") if n.strip()] if domains_ else list(known)
     if bad := [n for n in names if n not in known]:
@@ -260,8 +264,9 @@ def matrix(
         "n_train": n_train,
         "n_test_good": n_test_good,
         "n_test_per_defect": n_test_per_defect,
+        "train_seed": train_seed,
     }
-    flags = budget_args(max_minutes, max_steps)
+    flags = [*budget_args(max_minutes, max_steps), "--seed", str(train_seed)]
     rows: dict[str, dict] = {}
     merged: dict[str, dict] = {}
     for name in names:
