@@ -23,6 +23,13 @@ def export(
     alpha: Annotated[
         float | None, typer.Option(help="fix alpha (default: chosen on labelled data, else 0.5)")
     ] = None,
+    views: Annotated[
+        int,
+        typer.Option(
+            help="average the networks' maps over 1, 2 or 4 flips of each image: steadier "
+            "maps, each view one more pass of the networks"
+        ),
+    ] = 1,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing --out")] = False,
 ) -> None:
     """Export a run to one ONNX file: parity-checked against torch, then calibrated. An
@@ -30,7 +37,9 @@ def export(
     from training.export import PARITY_ATOL, PARITY_RTOL
     from training.export import export as run_export
 
-    meta, parity = run_export(run, out, data=calibrate, name=name, alpha=alpha, force=force)
+    meta, parity = run_export(
+        run, out, data=calibrate, name=name, alpha=alpha, views=views, force=force
+    )
     typer.echo(
         f"wrote {out}: parity passed, every output value within {PARITY_ATOL:g} + "
         f"{PARITY_RTOL:g} |torch| of torch (largest |ort - torch| {parity:.2e})"

@@ -38,6 +38,7 @@ class ArtifactMeta:
     train_config: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)  # how the numbers above were set
     fibre_scale: float = 0.0  # models.scale of the training images; inputs are zoomed to it
+    views: int = 1  # flips of the image d and r are averaged over (models.scoring.FLIPS)
     sample_bits: int = 16  # significant bits of the training images' 16-bit data: untagged
     # 16-bit inputs are read at this depth (models.images), as training read them
     # models.ood.NormalModel of the held-out normals, fitted at calibration ({}: none)

@@ -12,6 +12,11 @@ torch path, REST and batch all compute the same numbers.
     a(c) = Gaussian_sigma * [w_0 (alpha d + (1 - alpha) r) + w_f f + w_t t + w_b b]
     A(s) = max of a(c) off a band of EDGE px along the edge (models.decision)
 
+With `views` above 1, D's map and the restoration G(E(s)) are each the mean over that many
+flips of the image (FLIPS), each flipped back, and r is the residual of that restoration:
+the networks trained on every flip of a patch, so each is an equally good view, and their
+mean steadies the map (quality/bigan/views). Each view costs one more pass of E, G and D.
+
 Each term averages 1 on held-out normal images; the weights w are chosen by calibration
 (the self-check), alpha and sigma are graph inputs. f and t are what make the map rank
 defects above normal texture on mats the networks only partly learned: beads, clumps and
@@ -45,6 +50,7 @@ from models.morphology import (
 from models.networks import BiGAN
 
 NETWORK_REACH = 8  # latent cells: more than E, G and D see around a cell together
+FLIPS = ((), (-1,), (-2,), (-2, -1))  # the views: as is, left-right, upside down, both
 
 
 def skipped_terms(weights: list[float]) -> set[str]:
@@ -118,6 +124,7 @@ class AnomalyScorer(nn.Module):
         self.register_buffer("b_scale", torch.tensor(1.0))
         self.register_buffer("weights", torch.tensor([1.0, 0.0, 0.0, 0.0]))  # w_0, w_f, w_t, w_b
         self.skipped: set[str] = set()  # of "f", "t", "b": terms left out of the graph
+        self.views = 1  # how many of FLIPS d and r are averaged over
 
     def _pad(self, image: torch.Tensor) -> torch.Tensor:
         h, w = image.shape[-2:]
@@ -149,10 +156,15 @@ class AnomalyScorer(nn.Module):
         calibration gave it no weight does not pay for it."""
         h, w = image.shape[-2:]
         m = MARGIN
-        x = self._pad(image)
+        flips = FLIPS[: self.views]
+        views = torch.cat([image, *(image.flip(f) for f in flips[1:])]) if flips[1:] else image
+        x = self._pad(views)  # (V N, 1, H', W'): the V views of each image
         z, dmap, feats = self._networks(x)
         recon = self.bigan.generator(z)[..., m : m + h, m : m + w]
         d = self._full((dmap - 1) ** 2, h, w, self.bigan.cfg.disc_stride) / self.d_scale
+        if len(flips) > 1:  # each view's maps flipped back, and averaged
+            d, recon = (self._unflip(v, flips) for v in (d, recon))
+            x, feats = x[: image.shape[0]], feats[: image.shape[0]]
         r = residual(recon, image, self.r_scale)
         f, t, b = (torch.zeros_like(d) for _ in "ftb")  # three outputs, three tensors
         if "f" not in self.skipped:
@@ -165,6 +177,14 @@ class AnomalyScorer(nn.Module):
             if "b" not in self.skipped:
                 b = bodies(openings[0], self.side)[..., m : m + h, m : m + w] / self.b_scale
         return d, r, f, t, b, recon
+
+    @staticmethod
+    def _unflip(maps: torch.Tensor, flips: Sequence[tuple[int, ...]]) -> torch.Tensor:
+        """(V N, 1, H, W) maps of the V views -> (N, 1, H, W): each flipped back, averaged."""
+        per_view = maps.reshape(len(flips), -1, *maps.shape[1:])
+        return torch.stack(
+            [v.flip(f) if f else v for v, f in zip(per_view, flips, strict=True)]
+        ).mean(0)
 
     def forward(self, image: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor):
         d, r, f, t, b, recon = self.terms(image)

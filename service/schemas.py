@@ -176,6 +176,7 @@ class ModelOut(ModelIdentity):
     term_weights: list[float] = Field(
         description="weights of the BiGAN, feature, statistics and bodies terms"
     )
+    views: int = Field(description="flips of each image the networks' maps are averaged over")
     calibration: dict[str, Any] = Field(description="how the settings were chosen: the self-check")
     calibrated_settings: list[list[float]] = Field(
         description="[alpha, sigma] pairs with a pixel threshold calibrated for them, the "

@@ -159,6 +159,7 @@ def test_rest_override_uses_the_calibrated_gamma(tiny_model, synth_data):
     assert (body["image_threshold"], body["score"]) == (meta.image_threshold, plain["score"])
     assert body["is_anomalous"] == plain["is_anomalous"]
     assert [0.0, 4.0] in model["calibrated_settings"] and len(body["notes"]) == 1
+    assert model["views"] == meta.views == 1
 
 
 def test_an_artifact_without_the_new_tables_still_loads(tiny_model, tmp_path):

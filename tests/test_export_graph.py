@@ -90,3 +90,40 @@ def test_a_term_without_weight_is_left_out_of_the_graph(tiny_run, tiny_model, tm
     expected = 0.5 * (0.3 * a["d_map"] + 0.7 * r) + 0.5 * a["b_map"]  # sigma 0: no blur
     np.testing.assert_allclose(b["score_map"], expected, rtol=1e-4, atol=1e-4)
     assert not b["f_map"].any() and not b["t_map"].any() and a["t_map"].any()
+
+
+def test_views_average_the_networks_maps_over_the_flips(tiny_run, tiny_model, tmp_path):
+    """A graph of 4 views gives D's map and the restoration as the means of the one-view
+    graph's over the image's flips, each flipped back, and r as that restoration's residual;
+    the hand-made terms are the one view's. The views load back from the file."""
+    import numpy as np
+
+    from models.detector import Detector
+    from training.ablation import read_meta
+    from training.export import scorer_from_artifact, with_meta
+    from training.refit import scorer_from_run
+
+    scorer, _ = scorer_from_run(tiny_run)
+    meta = read_meta(tiny_model).with_(term_weights=[0.5, 0.0, 0.5, 0.0])
+    one, four = tmp_path / "one.onnx", tmp_path / "four.onnx"
+    with_meta(scorer, meta, one)  # raises ParityError if ort != torch
+    with_meta(scorer, meta.with_(views=4), four)
+    assert scorer_from_artifact(four)[0].views == 4
+    image = np.random.default_rng(1).random((2, 1, 72, 104), dtype=np.float32)
+    flips = [(), (-1,), (-2,), (-2, -1)]
+    single = Detector(one, providers=("cpu",))
+    seen = [single.run(np.flip(image, f) if f else image, 0.3, 0.0) for f in flips]
+    back = {
+        k: np.mean(
+            [np.flip(o[k], f) if f else o[k] for o, f in zip(seen, flips, strict=True)], axis=0
+        )
+        for k in ("d_map", "reconstruction")
+    }
+    got = Detector(four, providers=("cpu",)).run(image, 0.3, 0.0)
+    for k, v in back.items():
+        np.testing.assert_allclose(got[k], v, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(got["d_map"], seen[0]["d_map"], atol=1e-3)  # the views differ
+    np.testing.assert_allclose(got["t_map"], seen[0]["t_map"], rtol=1e-4, atol=1e-5)
+    r = np.abs(got["reconstruction"] - image) / meta.r_scale
+    expected = 0.5 * (0.3 * got["d_map"] + 0.7 * r) + 0.5 * got["t_map"]  # sigma 0: no blur
+    np.testing.assert_allclose(got["score_map"], expected, rtol=1e-4, atol=1e-4)

@@ -372,6 +372,7 @@ def test_export_never_overwrites_unless_forced_and_checks_before_working(
         (["--out", existing], "exists: pass --force"),
         (["--out", folder], "is a folder"),
         (["--out", tmp_path / "new.onnx", "--alpha", "2"], "--alpha must lie in [0, 1]"),
+        (["--out", tmp_path / "new.onnx", "--views", "3"], "--views must be 1, 2 or 4"),
     ):
         began = time.monotonic()
         _one_line_error(_run("export", tiny_run, *args), needle)

@@ -15,6 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from models.errors import DataError
+from training.ablation import read_meta
 from training.data import find_dataset
 from training.quality import app
 from training.quality_real import build_layout, pan_root, source_of, split, spread
@@ -36,7 +37,7 @@ def test_matrix_smoke(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "training.quality", "matrix", "--domains", "classic"]
     cmd += ["--size", "128x96", "--n-train", "6", "--n-test-good", "2"]
-    cmd += ["--n-test-per-defect", "1", "--max-steps", "3", "--train-seed", "7"]
+    cmd += ["--n-test-per-defect", "1", "--max-steps", "3", "--train-seed", "7", "--views", "2"]
     cmd += ["--work", str(tmp_path / "work"), "--out", str(out)]
     # a guard against a hang, under pytest's 600 s: it takes 3.5 min alone on 2 busy cores
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=560)
@@ -54,7 +55,11 @@ def test_matrix_smoke(tmp_path):
     # the training seed reaches train and the record
     run_config = json.loads((tmp_path / "work" / "classic" / "run" / "config.json").read_text())
     assert run_config["seed"] == 7 and row["settings"]["train_seed"] == 7
-    assert "training seed 7" in (out / "matrix.md").read_text()
+    assert "training seed 7, 2 views" in (out / "matrix.md").read_text()
+    # and the views reach export: the model and its ablation's variants average 2 flips
+    work = tmp_path / "work" / "classic"
+    assert read_meta(work / "model.onnx").views == row["settings"]["views"] == 2
+    assert {read_meta(p).views for p in (work / "ablation").glob("*.onnx")} == {2}
     # the same model scored by each family of terms alone, as its calibration chose them
     assert set(row["ablation"]) == {"formula", "d", "r", "handmade"}
     for figures in row["ablation"].values():

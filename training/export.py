@@ -23,7 +23,7 @@ from models.errors import NanoinspectError
 from models.gaussian import SIGMA_MAX
 from models.networks import BiGAN
 from models.phase import for_export, restore
-from models.scoring import AnomalyScorer, reach, skipped_terms
+from models.scoring import FLIPS, AnomalyScorer, reach, skipped_terms
 from training.calibrate import SCALES, calibrate, check_settings, write_artifact
 from training.data import find_dataset, load_images, load_mask
 from training.parity import check_fp16, check_parity
@@ -46,7 +46,7 @@ def with_meta(
     """Write scorer's graph as meta's calibration sets it up (its scales and weights, the
     terms without weight left out) to path, with meta; returns its parity error (0 when
     not checked: the ablation's variants, from the code the shipped graph was checked on)."""
-    scorer.skipped = skipped_terms(meta.term_weights)
+    scorer.skipped, scorer.views = skipped_terms(meta.term_weights), meta.views
     for name in SCALES:
         getattr(scorer, name).fill_(getattr(meta, name))
     scorer.weights.copy_(torch.tensor(meta.term_weights))
@@ -130,7 +130,7 @@ def scorer_from_artifact(path: Path) -> tuple[AnomalyScorer, ArtifactMeta]:
     meta = ArtifactMeta.from_props({p.key: p.value for p in model.metadata_props}, str(path))
     cfg = ModelConfig.from_dict(meta.model_config)
     scorer = AnomalyScorer(BiGAN(cfg), fibre_scale=meta.fibre_scale).eval()
-    scorer.skipped = skipped_terms(meta.term_weights)
+    scorer.skipped, scorer.views = skipped_terms(meta.term_weights), meta.views
     weights = {
         i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer
     }
@@ -181,12 +181,16 @@ def export(
     name: str | None = None,
     alpha: float | None = None,
     min_area: int = DEFAULT_MIN_AREA,
+    views: int = 1,
     force: bool = False,
 ) -> tuple[ArtifactMeta, float]:
     """Export, check parity and calibrate; returns the metadata and the parity error seen."""
     check_output(out, force)
     check_settings(alpha=alpha, sigma=None, min_area=min_area, sigma_max=SIGMA_MAX)
+    if views not in (1, 2, len(FLIPS)):
+        raise NanoinspectError(f"--views must be 1, 2 or {len(FLIPS)}, not {views}")
     scorer, ckpt = scorer_from_run(run)
+    scorer.views = views
     cfg, info = scorer.bigan.cfg, ckpt["meta"]
     crop = info["train"]["crop_bottom"]
     bits = info.get("sample_bits", 16)
@@ -220,6 +224,7 @@ def export(
         model_config=cfg.to_dict(),
         train_config={**info["train"], "seed": info["seed"], "steps": ckpt["step"]},
         fibre_scale=info.get("fibre_scale", 0.0),
+        views=views,
         sample_bits=bits,
         data_digest=info["data_digest"],
         code_version=code_version(),

@@ -107,7 +107,8 @@ def run_domain(name: str, work: Path, settings: dict, train_flags: list[str]) ->
     shutil.rmtree(report, ignore_errors=True)
     model.unlink(missing_ok=True)
     train_s = run_step(["train", d / "train", "--out", run, *train_flags], logs / "train.log")
-    run_step(["export", run, "--out", model], logs / "export.log")
+    views = ["--views", str(settings.get("views", 1))]
+    run_step(["export", run, "--out", model, *views], logs / "export.log")
     run_step(["evaluate", model, d / "test", "--out", report], logs / "evaluate.log")
     m = read_metrics(report)
     found = ablation.run(model, run, d / "test", d / "ablation")
@@ -141,9 +142,13 @@ def _overrides_text(o: dict | None) -> str:
 
 def _settings_text(s: dict) -> str:
     return (
-        f"{s['size']}, {s['n_train']} train, "
-        f"{s['n_test_good']} good + {s['n_test_per_defect']}/type test"
-    ) + (f", training seed {s['train_seed']}" if s.get("train_seed") else "")
+        (
+            f"{s['size']}, {s['n_train']} train, "
+            f"{s['n_test_good']} good + {s['n_test_per_defect']}/type test"
+        )
+        + (f", training seed {s['train_seed']}" if s.get("train_seed") else "")
+        + (f", {s['views']} views" if s.get("views", 1) > 1 else "")
+    )
 
 
 def matrix_markdown(rows: dict[str, dict], summaries: dict[str, str]) -> str:
@@ -248,6 +253,7 @@ def matrix(
     train_seed: Annotated[
         int, typer.Option(help="train's --seed: another draw of weights, patches and holdout")
     ] = 0,
+    views: Annotated[int, typer.Option(help="export's --views: flips the maps average")] = 1,
     work: Path = Path("quality/work"),
     out: Path = Path("quality"),
 ):
@@ -265,6 +271,7 @@ def matrix(
         "n_test_good": n_test_good,
         "n_test_per_defect": n_test_per_defect,
         "train_seed": train_seed,
+        "views": views,
     }
     flags = [*budget_args(max_minutes, max_steps), "--seed", str(train_seed)]
     rows: dict[str, dict] = {}

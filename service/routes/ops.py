@@ -62,6 +62,7 @@ async def model(inspector: InspectorDep, settings: SettingsDep) -> ModelOut:
         min_area=m.min_area,
         stride=m.stride,
         term_weights=m.term_weights,
+        views=m.views,
         calibration=m.calibration,
         calibrated_settings=[list(pair) for pair in m.calibrated_settings()],
         normal_model=m.normal_model,
