@@ -67,9 +67,33 @@ def test_resume_reproduces_the_uninterrupted_run(synth_data, tmp_path):
     a = torch.load(latest_checkpoint(whole), weights_only=False)
     b = torch.load(latest_checkpoint(parts), weights_only=False)
     assert a["step"] == b["step"] == 6
-    for k, v in a["model"].items():
-        assert torch.equal(v, b["model"][k]), k
+    for weights in ("model", "trained"):  # the weight average resumes as exactly as the weights
+        for k, v in a[weights].items():
+            assert torch.equal(v, b[weights][k]), (weights, k)
     assert _losses(whole)[6] == _losses(parts)[6]
+
+
+def test_scored_weights_are_an_average_of_the_trained_ones(synth_data, tmp_path):
+    """Checkpoints carry the weight average as "model" (what export scores) beside the
+    trained weights; with ema 0 the two are the same."""
+
+    def run(ema: float) -> tuple[dict, dict]:
+        out = tmp_path / f"ema{ema}"
+        train(synth_data, out, SMALL, _cfg(ema=ema, lr=1e-3), device="cpu", progress=False)
+        mid, end = (torch.load(p, weights_only=False) for p in sorted(out.glob("checkpoints/*")))
+        return mid, end
+
+    def gap(a: dict, b: dict) -> float:
+        return sum(float((a[k] - b[k]).abs().sum()) for k in a)
+
+    mid, end = run(0.0)
+    assert gap(end["model"], end["trained"]) == 0
+    mid, end = run(0.9)
+    assert gap(end["model"], end["trained"]) > 0
+    # the average lags behind the weights: nearer to where they were three steps ago
+    assert gap(end["model"], mid["trained"]) < gap(end["trained"], mid["trained"])
+    with pytest.raises(NanoinspectError, match="ema"):
+        TrainConfig(ema=1.0)
 
 
 def test_existing_run_is_not_overwritten(synth_data, tmp_path):

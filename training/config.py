@@ -24,6 +24,7 @@ class TrainConfig:
     lambda_rec: float = 10.0  # weight of |G(E(s)) - s| against the adversarial terms
     corrupt_prob: float = 0.5  # share of patches E+G must restore from generic corruptions
     lambda_seg: float = 1.0  # weight of D's map of the corruptions against its GAN loss
+    ema: float = 0.0  # decay of a weight average scored and exported instead (0: the weights)
     max_steps: int = 1_000_000  # in practice the time budget ends training
     max_minutes: float = 10.0  # the training budget, wall clock
     checkpoint_every: int = 2000  # steps; each checkpoint is ranked by the self-check
@@ -35,6 +36,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         crop_setting(self.crop_bottom)  # a bad banner setting fails before any work
+        if not 0 <= self.ema < 1:
+            raise NanoinspectError(f"config: ema must be in [0, 1), not {self.ema}")
 
 
 def _from_section(cls: type, values: dict, section: str):
