@@ -142,7 +142,8 @@ class Detector:
     memory per shape (a memory pattern: with varying sizes it keeps one per shape seen).
     batch_pixels: at most this many pixels per inference call (and at most batch_size
     images; one image always runs): the arena's peak grows with a call's pixels, not its
-    image count. None: batch_size alone.
+    image count; a model of V views (models.scoring.FLIPS) counts each pixel V times, the
+    networks seeing each image V times. None: batch_size alone.
     trt_cache: a folder (a volume) where TensorRT keeps its built engines across restarts.
     tile: images larger than this on a side (after the zoom to the working scale) are
     scored in tiles overlapping by the model's halo (what a pixel's score looks at), so
@@ -246,7 +247,8 @@ class Detector:
         """How many images of `shape` (H, W) go into one inference call."""
         if self.batch_pixels is None:
             return self.batch_size
-        return max(1, min(self.batch_size, self.batch_pixels // (shape[0] * shape[1])))
+        pixels = shape[0] * shape[1] * self.meta.views
+        return max(1, min(self.batch_size, self.batch_pixels // pixels))
 
     def trim(self) -> None:
         """Give the memory arena's free chunks back to the system (a minimal run that shrinks

@@ -127,3 +127,7 @@ def test_views_average_the_networks_maps_over_the_flips(tiny_run, tiny_model, tm
     r = np.abs(got["reconstruction"] - image) / meta.r_scale
     expected = 0.5 * (0.3 * got["d_map"] + 0.7 * r) + 0.5 * got["t_map"]  # sigma 0: no blur
     np.testing.assert_allclose(got["score_map"], expected, rtol=1e-4, atol=1e-4)
+    # the networks see each image 4 times: a pixel budget holds a quarter of the images
+    budget = {"providers": ("cpu",), "batch_size": 8, "batch_pixels": 4 * 72 * 104}
+    assert Detector(one, **budget).per_call((72, 104)) == 4
+    assert Detector(four, **budget).per_call((72, 104)) == 1
