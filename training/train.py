@@ -220,20 +220,26 @@ def _images(
 @dataclass
 class _Networks:
     """The BiGAN, its optimisers, the two halves that are stepped (DDP under torchrun) and
-    the weight average (`average.module`, the BiGAN that is scored)."""
+    the weight average (None when TrainConfig.ema is 0: the weights are scored)."""
 
     bigan: BiGAN
-    average: AveragedModel
+    average: AveragedModel | None
     opt_d: torch.optim.Optimizer
     opt_eg: torch.optim.Optimizer
     eg: nn.Module
     disc: nn.Module
     start: int  # the step training continues from
 
+    @property
+    def scored(self) -> BiGAN:
+        """The BiGAN the self-check ranks and export scores."""
+        return self.bigan if self.average is None else self.average.module
+
     def state(self) -> dict:
+        trained = {} if self.average is None else {"trained": self.bigan.state_dict()}
         return {
-            "model": self.average.module.state_dict(),  # what export and refit load
-            "trained": self.bigan.state_dict(),
+            "model": self.scored.state_dict(),  # what export and refit load
+            **trained,  # the weights themselves, to resume from
             "opt_d": self.opt_d.state_dict(),
             "opt_eg": self.opt_eg.state_dict(),
         }
@@ -248,12 +254,13 @@ def _networks(
     opt_d = torch.optim.Adam(bigan.discriminator.parameters(), cfg.lr_d, (cfg.beta1, cfg.beta2))
     eg_params = [*bigan.encoder.parameters(), *bigan.generator.parameters()]
     opt_eg = torch.optim.Adam(eg_params, cfg.lr, (cfg.beta1, cfg.beta2))
-    average = AveragedModel(bigan, avg_fn=_ema(cfg.ema))
+    average = AveragedModel(bigan, avg_fn=_ema(cfg.ema)) if cfg.ema else None
     start = 0
     if state is not None:
-        bigan.load_state_dict(state.get("trained", state["model"]))  # older runs: one copy
-        average.module.load_state_dict(state["model"])
-        average.n_averaged.fill_(state["step"])
+        bigan.load_state_dict(state.get("trained", state["model"]))  # no average: one copy
+        if average is not None:
+            average.module.load_state_dict(state["model"])
+            average.n_averaged.fill_(state["step"])
         opt_d.load_state_dict(state["opt_d"])
         opt_eg.load_state_dict(state["opt_eg"])
         start = state["step"]
@@ -367,7 +374,8 @@ class _Steps:
         batch = (x, x_in, mask, z_prior)
         optimisers = (nets.opt_d, nets.opt_eg)
         losses = optimise(nets.eg, nets.disc, optimisers, batch, cfg, autocast)
-        nets.average.update_parameters(nets.bigan)
+        if nets.average is not None:
+            nets.average.update_parameters(nets.bigan)
         return {k: v.item() for k, v in losses.items()}
 
 
@@ -455,7 +463,7 @@ def train(
     meta = {**config_dict(model_cfg, cfg), "seed": seed, **images.meta, "world_size": world_size}
     writer = _open_run(out, meta) if main else None
     preview = torch.from_numpy(images.preview)[None, None].to(dev)
-    scorer = AnomalyScorer(nets.average.module, fibre_scale=images.scale).to(dev)
+    scorer = AnomalyScorer(nets.scored, fibre_scale=images.scale).to(dev)
 
     def run_state(step: int) -> dict:
         return nets.state() | {
