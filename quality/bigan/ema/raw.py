@@ -12,13 +12,14 @@ from pathlib import Path
 
 import torch
 
+from training.refit import load_checkpoint
 from training.train import BEST
 
 
 def raw_run(run: Path, out: Path) -> None:
-    ckpt = torch.load(run / BEST, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(run)
     if "trained" not in ckpt:
-        raise SystemExit(f"{run / BEST}: no weight average (trained with ema 0)")
+        raise SystemExit(f"{run}: no weight average (trained with ema 0)")
     ckpt["model"] = ckpt.pop("trained")
     ckpt["normal_fit"] = None
     out.mkdir(parents=True, exist_ok=True)
