@@ -4,7 +4,7 @@ import torch
 
 from models.config import ModelConfig
 from models.networks import BiGAN
-from training.corrupt import corrupt
+from training.corrupt import corrupt, noise_level
 from training.losses import segmentation_loss
 
 
@@ -19,6 +19,28 @@ def test_the_mask_covers_every_changed_pixel_and_only_corrupted_patches():
     assert 0 < (share > 0).sum() < 32  # about half the patches
     clean_in, clean_mask = corrupt(x, 0.0, g)
     assert torch.equal(clean_in, x) and not clean_mask.any()
+
+
+def test_noisy_fills_carry_the_patch_noise_that_plain_fills_lack():
+    """On a noisy mat a noise-free blob is a shortcut: D could mark smoothness, not defects."""
+    g = torch.Generator().manual_seed(2)
+    sigma = 0.08
+    x = 0.25 + sigma * torch.randn(64, 1, 96, 96, generator=g)  # no fill saturates at 1
+    assert torch.allclose(noise_level(x), torch.full((64, 1, 1, 1), sigma), rtol=0.1)
+
+    def noise_inside(noisy_fills: bool) -> torch.Tensor:
+        x_in, mask = corrupt(x, 1.0, torch.Generator().manual_seed(3), noisy_fills)
+        core = -torch.nn.functional.max_pool2d(-mask, 5, stride=1, padding=2)  # off the rims
+        high = x_in - torch.nn.functional.avg_pool2d(x_in, 3, stride=1, padding=1)
+        big = core.flatten(1).sum(1) > 50
+        return torch.stack(
+            [h[c > 0].abs().median() for h, c, keep in zip(high, core, big, strict=True) if keep]
+        )
+
+    # median |high-pass| of white noise is 0.64 sigma; an inverted fill at opacity 0.7-1 keeps
+    # at least 0.4 of it (x + (1 - 2x) op), a plain flat or blurred fill at opacity 1 none
+    assert (noise_inside(False) < 0.2 * sigma).sum() >= 5
+    assert noise_inside(True).min() > 0.2 * sigma
 
 
 def test_segmentation_loss_is_lowest_for_the_map_that_marks_the_blobs():

@@ -23,6 +23,7 @@ class TrainConfig:
     beta2: float = 0.999
     lambda_rec: float = 10.0  # weight of |G(E(s)) - s| against the adversarial terms
     corrupt_prob: float = 0.5  # share of patches E+G must restore from generic corruptions
+    noisy_fills: bool = False  # the smooth corruptions carry the patch's own pixel noise
     lambda_seg: float = 1.0  # weight of D's map of the corruptions against its GAN loss
     ema: float = 0.0  # decay of a weight average scored and exported instead (0: the weights)
     max_steps: int = 1_000_000  # in practice the time budget ends training

@@ -37,14 +37,31 @@ def _blobs(b: int, p: int, g: torch.Generator) -> torch.Tensor:
     return (field > level).float()
 
 
-def corrupt(x: torch.Tensor, prob: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def noise_level(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, 1, 1) each patch's pixel noise as a standard deviation: the median absolute
+    3x3 high-pass, which fibre edges (a small share of pixels) barely move."""
+    high = x - F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
+    mad = high.abs().flatten(1).median(dim=1).values.view(-1, 1, 1, 1)
+    return 1.4826 * mad / (8 / 9) ** 0.5  # white noise: the high-pass keeps 8/9 of its variance
+
+
+def corrupt(
+    x: torch.Tensor, prob: float, g: torch.Generator, noisy_fills: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """x (B, 1, P, P) in [0, 1] -> (a copy with a blob replaced in a share `prob` of the
-    patches, the blobs' masks (B, 1, P, P), zero where nothing was changed)."""
+    patches, the blobs' masks (B, 1, P, P), zero where nothing was changed). With
+    `noisy_fills` the smooth fills (flat, blurred) carry the patch's own pixel noise: on a
+    noisy mat a real defect is as noisy as its surroundings, and a noise-free blob teaches D
+    to look for smoothness instead of the defect."""
     b, _, p, _ = x.shape
     mask = _blobs(b, p, g) * (torch.rand(b, 1, 1, 1, generator=g) < prob).float()
     u = torch.rand(b, 5, 1, 1, generator=g)
     flat = (0.3 + 0.6 * u[:, :1]).expand_as(x)  # brighter than a void: a membrane, a blob
     blurred = F.avg_pool2d(F.pad(x, (6, 6, 6, 6), mode="reflect"), 13, stride=1) + 0.2
+    if noisy_fills:
+        sigma = noise_level(x)
+        flat = flat + sigma * torch.randn(x.shape, generator=g)
+        blurred = blurred + sigma * torch.randn(x.shape, generator=g)
     inverted = 1 - x  # a foreign texture: dark lines on a bright ground
     brighter = x * (1.2 + 0.8 * u[:, 1:2]) + 0.2
     noisy = x + (0.2 + 0.2 * u[:, 2:3]) * torch.randn(x.shape, generator=g)

@@ -364,7 +364,11 @@ class _Steps:
             int(np.random.SeedSequence([self.seed, step, self.rank]).generate_state(1)[0])
         )
         x = self.sampler.batch(step, cfg.batch_size, rank=self.rank)  # (B, 1, P, P)
-        x_in, mask = corrupt(x, cfg.corrupt_prob, g) if cfg.corrupt_prob > 0 else (None, None)
+        x_in, mask = (
+            corrupt(x, cfg.corrupt_prob, g, cfg.noisy_fills)
+            if cfg.corrupt_prob > 0
+            else (None, None)
+        )
         x = x.to(dev)
         z_prior = torch.randn(
             cfg.batch_size, self.model_cfg.latent_channels, latent, latent, generator=g
