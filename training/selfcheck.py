@@ -32,6 +32,7 @@ from models.gaussian import gaussian_blur
 from models.morphology import DEFAULT_FIBRE_SCALE
 from models.scoring import AnomalyScorer, fit_normal, mix
 from training import metrics
+from training.corrupt import noise_level
 
 SHAPES = ("ellipse", "stroke", "polygon")
 FILLS = ("brighter", "darker", "flatten", "dome", "noise")
@@ -122,8 +123,12 @@ def _scatter(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarr
     return ndi.gaussian_filter(np.asarray(im, np.float32) / 255, 1.0)
 
 
-def _fill(rng: np.random.Generator, image: np.ndarray, soft: np.ndarray) -> np.ndarray:
-    """The image with the soft region changed by one of FILLS."""
+def _fill(
+    rng: np.random.Generator, image: np.ndarray, soft: np.ndarray, grain: np.ndarray
+) -> np.ndarray:
+    """The image with the soft region changed by one of FILLS; a fill that replaces the
+    texture (flatten, dome) carries `grain`, the image's own pixel noise: on a noisy mat a
+    real defect is as noisy as its surroundings, and a smooth one is found by its smoothness."""
     kind = FILLS[rng.integers(len(FILLS))]
     local = float(image[soft > 0.5].mean()) if (soft > 0.5).any() else float(image.mean())
     if kind == "brighter":
@@ -131,34 +136,39 @@ def _fill(rng: np.random.Generator, image: np.ndarray, soft: np.ndarray) -> np.n
     elif kind == "darker":
         new = image - rng.uniform(0.15, 0.4)
     elif kind == "flatten":  # the texture fades into a membrane
-        new = local + rng.uniform(-0.1, 0.2) + (image - local) * rng.uniform(0.0, 0.3)
+        new = local + rng.uniform(-0.1, 0.2) + (image - local) * rng.uniform(0.0, 0.3) + grain
     elif kind == "dome":  # a bright body, brightest at its rim as SEM shows it
         depth = ndi.distance_transform_edt(soft > 0.5)
         u = 1 - depth / max(float(depth.max()), 1.0)
-        new = np.maximum(image, rng.uniform(0.5, 0.8) + 0.3 * u * u)
+        new = np.maximum(image, rng.uniform(0.5, 0.8) + 0.3 * u * u + grain)
     else:
         new = image + rng.normal(0, rng.uniform(0.08, 0.2), image.shape).astype(np.float32)
     return np.clip(image + (new - image) * soft, 0, 1).astype(np.float32)
 
 
-def _brighter(rng: np.random.Generator, image: np.ndarray, soft: np.ndarray) -> np.ndarray:
-    """The image with the soft region raised, or brought up to a bright level: SEM shows a
-    body standing on the mat bright (bodies filled at the fibres' own brightness instead
-    led the self-check to choices that found beads less well in 4 of 7 domains)."""
+def _brighter(
+    rng: np.random.Generator, image: np.ndarray, soft: np.ndarray, grain: np.ndarray
+) -> np.ndarray:
+    """The image with the soft region raised, or brought up to a bright level (with the
+    image's `grain`): SEM shows a body standing on the mat bright (bodies filled at the
+    fibres' own brightness instead led the self-check to choices that found beads less well
+    in 4 of 7 domains)."""
     if rng.uniform() < 0.5:
         new = image + rng.uniform(0.15, 0.4)
     else:
-        new = np.maximum(image, rng.uniform(0.5, 1.0))
+        new = np.maximum(image, rng.uniform(0.5, 1.0) + grain)
     return np.clip(image + (new - image) * soft, 0, 1).astype(np.float32)
 
 
-def paste(image: np.ndarray, rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
+def paste(
+    image: np.ndarray, rng: np.random.Generator, count: int, grain: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """A copy of a normal image with `count` synthetic defects and their mask."""
     h, w = image.shape
     out, mask = image.astype(np.float32), np.zeros((h, w), bool)
     for _ in range(count):
         soft = _shape(rng, h, w)
-        out = _fill(rng, out, soft)
+        out = _fill(rng, out, soft, grain)
         mask |= soft > 0.5
     return out, mask
 
@@ -172,13 +182,16 @@ def selfcheck_set(
     out, scale = [], scale if scale > 0 else DEFAULT_FIBRE_SCALE
     for i, img in enumerate(normals):
         out.append(Labelled(img, np.zeros(img.shape, bool), "good"))
+        sigma = float(noise_level(torch.from_numpy(img.astype(np.float32))[None, None]))
         for k in range(per_image):
             rng = np.random.default_rng([seed, i, k])
+            # its own stream, so the shapes and fills drawn do not depend on the noise
+            grain = sigma * np.random.default_rng([seed, i, k, 1]).standard_normal(img.shape)
             if rng.uniform() < SCATTER_SHARE:
                 soft = _scatter(rng, *img.shape, scale)
-                pasted, mask = _brighter(rng, img.astype(np.float32), soft), soft > 0.5
+                pasted, mask = _brighter(rng, img.astype(np.float32), soft, grain), soft > 0.5
             else:
-                pasted, mask = paste(img, rng, int(rng.integers(1, 4)))
+                pasted, mask = paste(img, rng, int(rng.integers(1, 4)), grain)
             out.append(Labelled(pasted, mask, "pasted"))
     return out
 
