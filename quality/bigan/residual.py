@@ -2,7 +2,8 @@
 retraining: each residual is taken on the run's held-out normals (its normal mean, as the
 graph's r_scale), on the label-free self-check set and on a labelled test set, alone and in
 the formula alpha d + (1 - alpha) r' at alpha 0.5, blurred at each of the graph's sigmas.
-`PYTHONPATH=. python quality/bigan/residual.py RUN_DIR TEST_DIR`.
+`PYTHONPATH=. python quality/bigan/residual.py RUN_DIR TEST_DIR ["d,r pixel,..."]` (the
+maps to tabulate, of RESIDUALS; all by default).
 
 The residuals: the pixel difference (what the graph computes), the same on a low-passed
 pair (fibre edges that G draws a pixel off cancel), 1 - SSIM (Wang et al. 2004; a local
@@ -14,6 +15,7 @@ residuals of f-AnoGAN and CBiGAN).
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -91,12 +93,14 @@ def figures(maps: list[np.ndarray], masks: list[np.ndarray]) -> tuple[float, flo
     return image, pixel_auroc(masks, maps), aupro(masks, maps)
 
 
-def table(name: str, per_image: list[dict], masks: list[np.ndarray], means: dict) -> None:
+def table(
+    name: str, per_image: list[dict], masks: list[np.ndarray], means: dict, keys: Sequence[str]
+) -> None:
     masks = [_pool(m) > 0.5 for m in masks]
     print(f"\n{name}: image AUROC / pixel AUROC / AUPRO@0.3, {len(masks)} images")
     print("| map | " + " | ".join(f"sigma {s:g}" for s in SIGMAS) + " |")
     print("|---|" + "---|" * len(SIGMAS))
-    for key in means:
+    for key in keys:
         for alpha in (1.0, 0.5) if key != "d" else (1.0,):
             cells = []
             for sigma in SIGMAS:
@@ -111,7 +115,7 @@ def table(name: str, per_image: list[dict], masks: list[np.ndarray], means: dict
             print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
 
 
-def main(run: Path, test: Path) -> None:
+def main(run: Path, test: Path, keys: Sequence[str]) -> None:
     scorer, ckpt = scorer_from_run(run)
     scorer.eval()
     meta = ckpt["meta"]
@@ -125,7 +129,8 @@ def main(run: Path, test: Path) -> None:
     normal_terms = [residuals(scorer, im) for im in normals]
     means = {k: float(torch.stack([t[k].mean() for t in normal_terms]).mean()) for k in RESIDUALS}
     print(f"{run} ({len(normals)} held-out normals, step {ckpt.get('step')})")
-    table("self-check", [residuals(scorer, c.image) for c in check], [c.mask for c in check], means)
+    check_terms = [residuals(scorer, c.image) for c in check]
+    table("self-check", check_terms, [c.mask for c in check], means, keys)
     tests, masks = [], []
     for s in find_dataset(test, need_train=False).test:
         img = load_images([s], crop, 16)[0]
@@ -133,9 +138,11 @@ def main(run: Path, test: Path) -> None:
         mask = load_mask(s.mask_path, img.shape).astype(np.float32)
         masks.append(resample(mask, scaled.shape) > 0.5)
         tests.append(residuals(scorer, scaled))
-    table("test", tests, masks, means)
+    table("test", tests, masks, means, keys)
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(
+        Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3].split(",") if sys.argv[3:] else RESIDUALS
+    )
