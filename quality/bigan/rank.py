@@ -18,7 +18,7 @@ from models.config import ModelConfig
 from models.networks import BiGAN
 from models.scale import to_scale
 from models.scoring import AnomalyScorer
-from training.data import find_dataset, load_images
+from training.export import calibration_set
 from training.selfcheck import TERMS, choose, normalised, selfcheck_set, term_means
 from training.train import CHECKPOINTS
 
@@ -44,11 +44,10 @@ def main(run: Path) -> None:
     paths = sorted((run / CHECKPOINTS).glob("step_*.pt"))
     first = torch.load(paths[0], map_location="cpu", weights_only=False)
     meta = first["meta"]
-    layout = find_dataset(Path(meta["data"]))
-    held = set(meta["holdout"])
-    holdout = [s for s in layout.train if str(s.path.relative_to(layout.root)) in held]
-    scale = meta.get("fibre_scale", 0.0)
-    images = load_images(holdout, meta["train"]["crop_bottom"], meta.get("sample_bits", 16))
+    scale, crop = meta.get("fibre_scale", 0.0), meta["train"]["crop_bottom"]
+    images = calibration_set(
+        Path(meta["data"]), crop, meta["holdout"], meta.get("sample_bits", 16)
+    )[0]
     check = selfcheck_set([to_scale(im, scale)[0] for im in images], scale=scale)
     print(f"{run}: the formula alone on the self-check ({len(check)} images), per checkpoint")
     print("| checkpoint | alpha | pixel AUROC | AUPRO | image AUROC | sum | the mix's w, sum |")

@@ -27,6 +27,7 @@ from models.gaussian import gaussian_blur
 from models.scale import resample, to_scale
 from models.scoring import AnomalyScorer
 from training.data import find_dataset, load_images, load_mask
+from training.export import calibration_set
 from training.metrics import aupro, auroc, pixel_auroc
 from training.refit import scorer_from_run
 from training.selfcheck import SIGMAS, selfcheck_set
@@ -120,11 +121,9 @@ def main(run: Path, test: Path, keys: Sequence[str]) -> None:
     scorer.eval()
     meta = ckpt["meta"]
     scale = meta.get("fibre_scale", 0.0)
-    layout = find_dataset(Path(meta["data"]))
-    held = set(meta["holdout"])
-    holdout = [s for s in layout.train if str(s.path.relative_to(layout.root)) in held]
-    crop = meta["train"]["crop_bottom"]
-    normals = [to_scale(im, scale)[0] for im in load_images(holdout, crop, 16)]
+    crop, bits = meta["train"]["crop_bottom"], meta.get("sample_bits", 16)
+    held_out = calibration_set(Path(meta["data"]), crop, meta["holdout"], bits)[0]
+    normals = [to_scale(im, scale)[0] for im in held_out]
     check = selfcheck_set(normals, scale=scale)
     normal_terms = [residuals(scorer, im) for im in normals]
     means = {k: float(torch.stack([t[k].mean() for t in normal_terms]).mean()) for k in RESIDUALS}
@@ -133,7 +132,7 @@ def main(run: Path, test: Path, keys: Sequence[str]) -> None:
     table("self-check", check_terms, [c.mask for c in check], means, keys)
     tests, masks = [], []
     for s in find_dataset(test, need_train=False).test:
-        img = load_images([s], crop, 16)[0]
+        img = load_images([s], crop, bits)[0]
         scaled, _ = to_scale(img, scale)
         mask = load_mask(s.mask_path, img.shape).astype(np.float32)
         masks.append(resample(mask, scaled.shape) > 0.5)
