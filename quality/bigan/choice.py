@@ -25,12 +25,9 @@ from scipy.stats import spearmanr
 from models.decision import image_decision
 from models.gaussian import gaussian_blur
 from models.morphology import DEFAULT_FIBRE_SCALE
-from models.scale import resample, to_scale
+from quality.bigan.runs import load_run, test_set
 from training import selfcheck
-from training.data import find_dataset, load_images, load_mask
-from training.export import calibration_set
 from training.metrics import aupro, auroc, pixel_auroc
-from training.refit import scorer_from_run
 from training.selfcheck import AREA, FILLS, SCATTER_SHARE, selfcheck_set
 
 POOL = 4  # as the self-check
@@ -118,13 +115,8 @@ def _print(name: str, grid: np.ndarray) -> None:
 
 
 def main(run: Path, test: Path, variants: Sequence[str]) -> None:
-    scorer, ckpt = scorer_from_run(run)
-    scorer.eval()
-    meta = ckpt["meta"]
-    scale = meta.get("fibre_scale", 0.0)
-    crop, bits = meta["train"]["crop_bottom"], meta.get("sample_bits", 16)
-    held_out = calibration_set(Path(meta["data"]), crop, meta["holdout"], bits)[0]
-    normals = [to_scale(im, scale)[0] for im in held_out]
+    scorer, ckpt, normals = load_run(run)
+    scale = ckpt["meta"].get("fibre_scale", 0.0)
     _scale[0] = scale if scale > 0 else DEFAULT_FIBRE_SCALE
     normal = [_terms(scorer, im) for im in normals]
     means = tuple(float(np.mean([t[SIGMAS[0]][k].mean() for t in normal])) for k in (0, 1))
@@ -149,12 +141,8 @@ def main(run: Path, test: Path, variants: Sequence[str]) -> None:
             keep = good + [i for i, s in zip(pasted, scatter, strict=True) if s == want]
             sets[part] = ([terms[i] for i in keep], [sets[name][1][i] for i in keep])
     tests, tmasks = [], []
-    for s in find_dataset(test, need_train=False).test:
-        img = load_images([s], crop, bits)[0]
-        scaled, _ = to_scale(img, scale)
-        mask = load_mask(s.mask_path, img.shape).astype(np.float32)
-        full = resample(mask, scaled.shape)
-        tmasks.append(_pooled(full > 0.5))
+    for scaled, mask in test_set(test, ckpt):
+        tmasks.append(_pooled(mask))
         tests.append(_terms(scorer, scaled))
     sets["test"] = (tests, tmasks)
     grids = {name: _grid(t, m, means) for name, (t, m) in sets.items()}

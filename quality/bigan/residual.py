@@ -24,12 +24,9 @@ import torch.nn.functional as F
 
 from models.decision import image_decision
 from models.gaussian import gaussian_blur
-from models.scale import resample, to_scale
 from models.scoring import AnomalyScorer
-from training.data import find_dataset, load_images, load_mask
-from training.export import calibration_set
+from quality.bigan.runs import load_run, test_set
 from training.metrics import aupro, auroc, pixel_auroc
-from training.refit import scorer_from_run
 from training.selfcheck import SIGMAS, selfcheck_set
 
 POOL = 4  # maps and masks mean-pooled for the metrics (as the self-check does)
@@ -117,25 +114,16 @@ def table(
 
 
 def main(run: Path, test: Path, keys: Sequence[str]) -> None:
-    scorer, ckpt = scorer_from_run(run)
-    scorer.eval()
-    meta = ckpt["meta"]
-    scale = meta.get("fibre_scale", 0.0)
-    crop, bits = meta["train"]["crop_bottom"], meta.get("sample_bits", 16)
-    held_out = calibration_set(Path(meta["data"]), crop, meta["holdout"], bits)[0]
-    normals = [to_scale(im, scale)[0] for im in held_out]
-    check = selfcheck_set(normals, scale=scale)
+    scorer, ckpt, normals = load_run(run)
+    check = selfcheck_set(normals, scale=ckpt["meta"].get("fibre_scale", 0.0))
     normal_terms = [residuals(scorer, im) for im in normals]
     means = {k: float(torch.stack([t[k].mean() for t in normal_terms]).mean()) for k in RESIDUALS}
     print(f"{run} ({len(normals)} held-out normals, step {ckpt.get('step')})")
     check_terms = [residuals(scorer, c.image) for c in check]
     table("self-check", check_terms, [c.mask for c in check], means, keys)
     tests, masks = [], []
-    for s in find_dataset(test, need_train=False).test:
-        img = load_images([s], crop, bits)[0]
-        scaled, _ = to_scale(img, scale)
-        mask = load_mask(s.mask_path, img.shape).astype(np.float32)
-        masks.append(resample(mask, scaled.shape) > 0.5)
+    for scaled, mask in test_set(test, ckpt):
+        masks.append(mask)
         tests.append(residuals(scorer, scaled))
     table("test", tests, masks, means, keys)
 
