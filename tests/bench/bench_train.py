@@ -108,8 +108,8 @@ def rows(minutes: float = 1.0, repeats: int = 2) -> list[Row]:
                       progress=False)  # fmt: skip
         every = max(10, int(sps["default"] * 60 * minutes / 3))
         t0 = time.monotonic()
-        train(data, run, model_cfg, replace(cfg, checkpoint_every=every, max_steps=10**6),
-              max_minutes=minutes, progress=False)  # fmt: skip
+        budget = replace(cfg, checkpoint_every=every, max_steps=10**6, max_minutes=minutes)
+        train(data, run, model_cfg, budget, progress=False)
         wall = time.monotonic() - t0
         layout = find_dataset(val)
         normals = load_images(layout.train, 0.0)
