@@ -25,12 +25,11 @@ from scipy.stats import spearmanr
 from models.decision import image_decision
 from models.gaussian import gaussian_blur
 from models.morphology import DEFAULT_FIBRE_SCALE
-from quality.bigan.runs import load_run, test_set
+from quality.bigan.runs import load_run, pool, test_set
 from training import selfcheck
 from training.metrics import aupro, auroc, pixel_auroc
-from training.selfcheck import AREA, FILLS, SCATTER_SHARE, selfcheck_set
+from training.selfcheck import AREA, FILLS, POOL, SCATTER_SHARE, selfcheck_set
 
-POOL = 4  # as the self-check
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 SIGMAS = (1.0, 2.0, 4.0, 8.0)
 TEXTURES = ("closing", "dilation", "dome")
@@ -87,10 +86,6 @@ def _terms(scorer, image: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]
     return out
 
 
-def _pooled(mask: np.ndarray) -> np.ndarray:
-    return F.avg_pool2d(torch.from_numpy(mask[None].astype(np.float32)), POOL)[0].numpy() > 0.5
-
-
 def _grid(terms: list[dict], masks: list[np.ndarray], means: tuple[float, float]) -> np.ndarray:
     """(alphas, sigmas, 3): image AUROC, pixel AUROC, AUPRO of each cell."""
     labels = np.array([m.any() for m in masks])
@@ -126,7 +121,7 @@ def main(run: Path, test: Path, variants: Sequence[str]) -> None:
         selfcheck.FILLS, selfcheck.AREA = fills, area
         check = selfcheck_set(normals, scale=scale, per_image=per)
         terms = [_terms(scorer, c.image) for c in check]
-        sets[name] = (terms, [_pooled(c.mask) for c in check])
+        sets[name] = (terms, [pool(c.mask) > 0.5 for c in check])
         if name != "self-check":
             continue
         # which pasted copies are scatters: selfcheck_set's first draw from each generator
@@ -142,7 +137,7 @@ def main(run: Path, test: Path, variants: Sequence[str]) -> None:
             sets[part] = ([terms[i] for i in keep], [sets[name][1][i] for i in keep])
     tests, tmasks = [], []
     for scaled, mask in test_set(test, ckpt):
-        tmasks.append(_pooled(mask))
+        tmasks.append(pool(mask) > 0.5)
         tests.append(_terms(scorer, scaled))
     sets["test"] = (tests, tmasks)
     grids = {name: _grid(t, m, means) for name, (t, m) in sets.items()}

@@ -14,22 +14,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.config import ModelConfig
-from models.networks import BiGAN
-from models.scale import to_scale
 from models.scoring import AnomalyScorer
-from training.export import calibration_set
-from training.selfcheck import TERMS, choose, normalised, selfcheck_set, term_means
+from quality.bigan.runs import load_run
+from training.refit import scorer_from_run
+from training.selfcheck import TERMS, Choice, choose, normalised, selfcheck_set, term_means
 from training.train import CHECKPOINTS
 
 FORMULA = ((1.0, 0.0, 0.0, 0.0),)
 
 
 @torch.no_grad()
-def formula_choice(ckpt: dict, check: list) -> tuple:
-    bigan = BiGAN(ModelConfig.from_dict(ckpt["model_config"]))
-    bigan.load_state_dict(ckpt["model"])
-    scorer = AnomalyScorer(bigan, fibre_scale=ckpt["meta"].get("fibre_scale", 0.0)).eval()
+def formula_choice(scorer: AnomalyScorer, check: list) -> Choice:
     scorer.skipped = {"f", "t", "b"}  # weight 0 in the formula: zeros
     terms = []
     for s in check:
@@ -42,20 +37,15 @@ def formula_choice(ckpt: dict, check: list) -> tuple:
 
 def main(run: Path) -> None:
     paths = sorted((run / CHECKPOINTS).glob("step_*.pt"))
-    first = torch.load(paths[0], map_location="cpu", weights_only=False)
-    meta = first["meta"]
-    scale, crop = meta.get("fibre_scale", 0.0), meta["train"]["crop_bottom"]
-    images = calibration_set(
-        Path(meta["data"]), crop, meta["holdout"], meta.get("sample_bits", 16)
-    )[0]
-    check = selfcheck_set([to_scale(im, scale)[0] for im in images], scale=scale)
+    _, ckpt, normals = load_run(run)
+    check = selfcheck_set(normals, scale=ckpt["meta"].get("fibre_scale", 0.0))
     print(f"{run}: the formula alone on the self-check ({len(check)} images), per checkpoint")
     print("| checkpoint | alpha | pixel AUROC | AUPRO | image AUROC | sum | the mix's w, sum |")
     print("|---|---|---|---|---|---|---|")
     best = (-np.inf, None)
     for p in paths:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
-        c = formula_choice(ckpt, check)
+        scorer, ckpt = scorer_from_run(p)
+        c = formula_choice(scorer, check)
         mixed = ckpt.get("self_check") or {}
         quality = sum(mixed.get(k, np.nan) for k in ("pixel_auroc", "aupro", "image_auroc"))
         print(

@@ -20,16 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from models.decision import image_decision
 from models.gaussian import gaussian_blur
 from models.scoring import AnomalyScorer
-from quality.bigan.runs import load_run, test_set
+from quality.bigan.runs import load_run, pool, test_set
 from training.metrics import aupro, auroc, pixel_auroc
-from training.selfcheck import SIGMAS, selfcheck_set
+from training.selfcheck import POOL, SIGMAS, selfcheck_set
 
-POOL = 4  # maps and masks mean-pooled for the metrics (as the self-check does)
 RESIDUALS = (
     "d",
     "r pixel",
@@ -80,11 +78,6 @@ def residuals(scorer: AnomalyScorer, image: np.ndarray) -> dict[str, torch.Tenso
     return {k: v[0, 0].float() for k, v in out.items()}
 
 
-def _pool(m: np.ndarray | torch.Tensor) -> np.ndarray:
-    t = torch.as_tensor(np.asarray(m, np.float32))[None, None]
-    return F.avg_pool2d(t, POOL)[0, 0].numpy()
-
-
 def figures(maps: list[np.ndarray], masks: list[np.ndarray]) -> tuple[float, float, float]:
     labels = np.array([m.any() for m in masks])
     image = auroc(labels, np.array([image_decision(m, 1 / POOL) for m in maps]))
@@ -94,7 +87,7 @@ def figures(maps: list[np.ndarray], masks: list[np.ndarray]) -> tuple[float, flo
 def table(
     name: str, per_image: list[dict], masks: list[np.ndarray], means: dict, keys: Sequence[str]
 ) -> None:
-    masks = [_pool(m) > 0.5 for m in masks]
+    masks = [pool(m) > 0.5 for m in masks]
     print(f"\n{name}: image AUROC / pixel AUROC / AUPRO@0.3, {len(masks)} images")
     print("| map | " + " | ".join(f"sigma {s:g}" for s in SIGMAS) + " |")
     print("|---|" + "---|" * len(SIGMAS))
@@ -107,7 +100,7 @@ def table(
                     m = t[key] / means[key]
                     if alpha < 1:
                         m = alpha * t["d"] / means["d"] + (1 - alpha) * m
-                    maps.append(_pool(_blur(m[None, None], sigma)[0, 0]))
+                    maps.append(pool(_blur(m[None, None], sigma)[0, 0]))
                 cells.append("{:.3f} / {:.3f} / {:.3f}".format(*figures(maps, masks)))
             label = key if alpha == 1 else f"0.5 d + 0.5 {key}"
             print(f"| {label} | " + " | ".join(cells) + " |", flush=True)

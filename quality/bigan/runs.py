@@ -8,12 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from models.scale import resample, to_scale
 from models.scoring import AnomalyScorer
 from training.data import find_dataset, load_images, load_mask
 from training.export import calibration_set
 from training.refit import scorer_from_run
+from training.selfcheck import POOL
 
 
 def load_run(run: Path) -> tuple[AnomalyScorer, dict, list[np.ndarray]]:
@@ -36,3 +39,10 @@ def test_set(test: Path, ckpt: dict) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         scaled, _ = to_scale(img, meta.get("fibre_scale", 0.0))
         mask = load_mask(s.mask_path, img.shape).astype(np.float32)
         yield scaled, resample(mask, scaled.shape) > 0.5
+
+
+def pool(m: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A map or mask (H, W) mean-pooled over the self-check's POOL x POOL cells, as it is
+    scored there (a mask is then compared with 0.5)."""
+    t = torch.as_tensor(np.asarray(m, np.float32))[None, None]
+    return F.avg_pool2d(t, POOL)[0, 0].numpy()
