@@ -296,18 +296,21 @@ class Detector:
         gamma, tau, calibration_notes = self.thresholds(
             alpha, sigma, pixel_threshold, image_threshold
         )
-        zoomed = [to_scale(img, m.fibre_scale) for img in images]
+        scales = [fibre_scale(img) for img in images]
+        zoomed = [
+            to_scale(img, m.fibre_scale, measured=s) for img, s in zip(images, scales, strict=True)
+        ]
         maps = self._maps([img for img, _ in zoomed], alpha, sigma)
         view = self.is_view(alpha, sigma, image_threshold)
         deciding = self._maps([img for img, _ in zoomed], m.alpha, m.sigma) if view else maps
 
         results = []
-        for (smap, tiles), (decider, _), original, (work, zoom) in zip(
-            maps, deciding, images, zoomed, strict=True
+        for (smap, tiles), (decider, _), original, (work, zoom), measured in zip(
+            maps, deciding, images, zoomed, scales, strict=True
         ):
             score = image_decision(decider)  # on the map the graph made, at the working scale
             band = edge_band(smap.shape)
-            ood = self._ood(original, work)
+            ood = self._ood(work, measured)
             if zoom != 1.0:
                 smap = resample(smap, original.shape)
             scale_y, scale_x = smap.shape[0] / work.shape[0], smap.shape[1] / work.shape[1]
@@ -396,10 +399,10 @@ class Detector:
         )
         return float(pair[0]), float(pair[1]), tuple(notes)
 
-    def _ood(self, original: np.ndarray, work: np.ndarray) -> str | None:
-        """Why the image is out of the training distribution, or None (models.ood)."""
+    def _ood(self, work: np.ndarray, measured: float) -> str | None:
+        """Why the image (`work` at the working scale; `measured`, its fibre scale as it
+        came) is out of the training distribution, or None (models.ood)."""
         summary = ood.summarise(work)
-        measured = fibre_scale(original)
         reason = ood.blank_reason(summary, measured)
         if reason is None and self.meta.fibre_scale > 0:
             factor = self.meta.fibre_scale / measured

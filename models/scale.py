@@ -10,7 +10,7 @@ width of a mat of fibres in any orientation, and is cheap (two FFTs). Torch-free
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
+import scipy.fft as sfft
 
 SHADING_SIGMA = 32.0  # px: brightness changes slower than this are illumination, not fibres
 MAX_SIDE = 384  # larger images are measured on a centre crop of this side (15 ms)
@@ -29,12 +29,28 @@ def working_scale(scales: list[float]) -> float:
     return float(np.clip(np.median(scales), *WORKING))
 
 
+def _shading(img: np.ndarray) -> np.ndarray:
+    """ndimage.gaussian_filter(img, SHADING_SIGMA, mode="reflect") to rounding, by FFT: the
+    image mirrored out by the kernel's radius, then one circular convolution, which the
+    margin keeps from wrapping into the image. Twice as fast as ndimage's 257-tap kernel,
+    and the Detector measures every image."""
+    r = int(4.0 * SHADING_SIGMA + 0.5)  # ndimage's truncate 4.0
+    taps = np.exp(-0.5 * (np.arange(-r, r + 1) / SHADING_SIGMA) ** 2)
+    taps /= taps.sum()
+    padded = np.pad(img, r, mode="symmetric")  # ndimage's "reflect"
+    shape = tuple(sfft.next_fast_len(n, real=True) for n in padded.shape)
+    rows, cols = (np.roll(np.pad(taps, (0, n - taps.size)), -r) for n in shape)
+    gain = np.outer(sfft.fft(rows).real, sfft.rfft(cols).real)
+    out = sfft.irfft2(sfft.rfft2(padded, shape) * gain, shape)
+    return out[r : r + img.shape[0], r : r + img.shape[1]]
+
+
 def fibre_scale(image: np.ndarray) -> float:
     """The lag (px) at which the autocorrelation of the shading-free image falls to 1/2."""
     h, w = image.shape
     y, x = max(0, (h - MAX_SIDE) // 2), max(0, (w - MAX_SIDE) // 2)
     img = image[y : y + MAX_SIDE, x : x + MAX_SIDE].astype(np.float64)
-    detail = img - ndi.gaussian_filter(img, SHADING_SIGMA, mode="reflect")
+    detail = img - _shading(img)
     detail -= detail.mean()
     power = np.abs(np.fft.rfft2(detail, s=(2 * img.shape[0], 2 * img.shape[1]))) ** 2
     ac = np.fft.irfft2(power)[: img.shape[0] // 2, : img.shape[1] // 2]
@@ -74,15 +90,20 @@ def resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.array(out.resize((shape[1], shape[0]), Image.BILINEAR), np.float32)
 
 
-def to_scale(image: np.ndarray, target: float, rounds: int = 2) -> tuple[np.ndarray, float]:
+def to_scale(
+    image: np.ndarray, target: float, rounds: int = 2, measured: float | None = None
+) -> tuple[np.ndarray, float]:
     """The image zoomed so its fibre scale is `target` (unchanged within TOLERANCE), and the
     zoom factor. The estimate is monotone in the true scale but not proportional to it, so
-    a second round measures the zoomed image and corrects the factor."""
+    a second round measures the zoomed image and corrects the factor. `measured`: the
+    image's fibre_scale, when the caller has it already (it is not measured twice)."""
     if target <= 0:
         return image, 1.0
     factor, out = 1.0, image
-    for _ in range(rounds):
-        step = resample_factor(target, fibre_scale(out))
+    for k in range(rounds):
+        step = resample_factor(
+            target, measured if k == 0 and measured is not None else fibre_scale(out)
+        )
         if step == 1.0:
             break
         factor = float(np.clip(factor * step, *LIMITS))
