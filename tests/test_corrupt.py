@@ -4,7 +4,7 @@ import torch
 
 from models.config import ModelConfig
 from models.networks import BiGAN
-from training.corrupt import corrupt, noise_level
+from training.corrupt import VISIBLE, _swollen, corrupt, noise_level
 from training.losses import segmentation_loss
 
 
@@ -15,10 +15,29 @@ def test_the_mask_covers_every_changed_pixel_and_only_corrupted_patches():
     changed = (x_in - x).abs() > 1e-6
     assert not (changed & (mask == 0)).any()
     share = mask.mean(dim=(1, 2, 3))
-    assert ((share == 0) | ((share > 0.01) & (share < 0.25))).all()
-    assert 0 < (share > 0).sum() < 32  # about half the patches
+    assert (share < 0.25).all() and share[share > 0].median() > 0.01
+    assert 0 < (share > 0).sum() < 32  # about half the patches (a swelling of noise shows little)
     clean_in, clean_mask = corrupt(x, 0.0, g)
     assert torch.equal(clean_in, x) and not clean_mask.any()
+
+
+def test_a_swelling_thickens_fibres_and_leaves_bare_ground_alone():
+    """The swollen fill stands for a beaded mat's spindles: a fibre grows by one to two fibre
+    scales; ground far from any fibre neither changes nor is marked."""
+    g = torch.Generator().manual_seed(4)
+    x = 0.1 + 0.02 * torch.randn(1, 1, 64, 64, generator=g)
+    x[..., 20:26] = 0.7  # a fibre two fibre scales wide
+    out, rise = _swollen(x, 3.0, g)  # radius 3-6 px
+    assert (out >= x).all()
+    # wider both ways: the full brightness reaches r past the 5x5 mean's flat top (22-23)
+    assert (out[..., 19] > 0.6).all() and (out[..., 26] > 0.6).all()
+    assert (out[..., 17:19] - x[..., 17:19]).mean() > 0.2 < (out[..., 27:29] - x[..., 27:29]).mean()
+    assert (rise[..., 40:] < VISIBLE).all()  # far ground: below what corrupt makes or marks
+    flat = 0.4 + 0.02 * torch.randn(64, 1, 48, 48, generator=g)  # no fibre anywhere
+    x_in, mask = corrupt(flat, 1.0, g, scale=3.0)
+    bare = mask.flatten(1).sum(1) == 0  # swellings: nothing to swell, nothing marked
+    assert bare.any() and not bare.all()
+    assert torch.equal(x_in[bare], flat[bare])
 
 
 def test_noisy_fills_carry_the_patch_noise_that_plain_fills_lack():

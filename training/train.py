@@ -355,6 +355,7 @@ class _Steps:
     seed: int
     rank: int
     dev: torch.device
+    scale: float  # the patches' fibre scale (sizes the swollen corruption)
 
     def losses(self, step: int) -> dict[str, float]:
         cfg, dev, nets = self.cfg, self.dev, self.nets
@@ -365,7 +366,7 @@ class _Steps:
         )
         x = self.sampler.batch(step, cfg.batch_size, rank=self.rank)  # (B, 1, P, P)
         x_in, mask = (
-            corrupt(x, cfg.corrupt_prob, g, cfg.noisy_fills)
+            corrupt(x, cfg.corrupt_prob, g, cfg.noisy_fills, self.scale)
             if cfg.corrupt_prob > 0
             else (None, None)
         )
@@ -480,7 +481,7 @@ def train(
 
     best_quality = state.get("best_quality", -1.0) if state else -1.0
     checkpoints = _Checkpoints(out, main, run_state, scorer, images, writer, best_quality)
-    steps = _Steps(nets, images.sampler, cfg, model_cfg, seed, rank, dev)
+    steps = _Steps(nets, images.sampler, cfg, model_cfg, seed, rank, dev, images.scale)
     done, path = _loop(steps, checkpoints, last, preview, stop, progress, distributed)
     if path is None or path.name != f"step_{done:07d}.pt":
         path = checkpoints.save(done, ranked=stop is None or stop.received is None)
