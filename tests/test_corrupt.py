@@ -27,7 +27,7 @@ def test_a_swelling_thickens_fibres_and_leaves_bare_ground_alone():
     g = torch.Generator().manual_seed(4)
     x = 0.1 + 0.02 * torch.randn(1, 1, 64, 64, generator=g)
     x[..., 20:26] = 0.7  # a fibre two fibre scales wide
-    out, rise = _swollen(x, 3.0, g)  # radius 3-6 px
+    out, rise = _swollen(x, 3.0, noise_level(x), g)  # radius 3-6 px
     assert (out >= x).all()
     # wider both ways: the full brightness reaches r past the 5x5 mean's flat top (22-23)
     assert (out[..., 19] > 0.6).all() and (out[..., 26] > 0.6).all()

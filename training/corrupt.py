@@ -52,17 +52,18 @@ def noise_level(x: torch.Tensor) -> torch.Tensor:
 
 
 def _swollen(
-    x: torch.Tensor, scale: float, g: torch.Generator
+    x: torch.Tensor, scale: float, sigma: torch.Tensor, g: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x with every fibre thickened: a grey dilation of radius SWELL fibre scales (one draw
     per batch) of x's 5x5 mean (a fibre is at least two scales wide, so its peak stays),
-    carrying the patch's own pixel noise. The mean keeps the voids' noise from being lifted
-    to its peaks. Also the rise, free of noise, that says where the swelling shows."""
+    carrying the patch's own pixel noise `sigma` (noise_level). The mean keeps the voids'
+    noise from being lifted to its peaks. Also the rise, free of noise, that says where the
+    swelling shows."""
     r = SWELL[0] + (SWELL[1] - SWELL[0]) * float(torch.rand(1, generator=g))
     r = max(1, round(scale * r))
     smooth = F.avg_pool2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
     grown = F.max_pool2d(F.pad(smooth, (r, r, r, r), mode="replicate"), 2 * r + 1, stride=1)
-    grain = noise_level(x) * torch.randn(x.shape, generator=g)
+    grain = sigma * torch.randn(x.shape, generator=g)
     return torch.maximum(x, grown + grain), grown - smooth
 
 
@@ -84,14 +85,14 @@ def corrupt(
     u = torch.rand(b, 5, 1, 1, generator=g)
     flat = (0.3 + 0.6 * u[:, :1]).expand_as(x)  # brighter than a void: a membrane, a blob
     blurred = F.avg_pool2d(F.pad(x, (6, 6, 6, 6), mode="reflect"), 13, stride=1) + 0.2
+    sigma = noise_level(x)  # (B, 1, 1, 1): the noisy fills' grain, a swelling's threshold
     if noisy_fills:
-        sigma = noise_level(x)
         flat = flat + sigma * torch.randn(x.shape, generator=g)
         blurred = blurred + sigma * torch.randn(x.shape, generator=g)
     inverted = 1 - x  # a foreign texture: dark lines on a bright ground
     brighter = x * (1.2 + 0.8 * u[:, 1:2]) + 0.2
     noisy = x + (0.2 + 0.2 * u[:, 2:3]) * torch.randn(x.shape, generator=g)
-    swollen, rise = _swollen(x, scale, g)
+    swollen, rise = _swollen(x, scale, sigma, g)
     kind = torch.randint(0, FILL_KINDS, (b, 1, 1, 1), generator=g)
     fill = torch.stack([flat, blurred, inverted, brighter, noisy, swollen]).gather(
         0, kind[None].expand(1, *x.shape)
@@ -99,6 +100,6 @@ def corrupt(
     opacity = 0.7 + 0.3 * torch.rand(b, 1, 1, 1, generator=g)
     # a swelling is made, and marked, only where it shows above the pixel noise: a void far
     # from any fibre does not change
-    seen = (kind != FILL_KINDS - 1) | (rise * opacity > torch.clamp(noise_level(x), min=VISIBLE))
+    seen = (kind != FILL_KINDS - 1) | (rise * opacity > torch.clamp(sigma, min=VISIBLE))
     mask = mask * seen.float()
     return x + (fill.clamp(0, 1) - x) * mask * opacity, mask
